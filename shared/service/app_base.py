@@ -1,0 +1,87 @@
+"""The frame every service app is built in: middleware order, errors, auth, metrics.
+
+Order, outermost first: correlation id (so every response, refusals included, carries
+it) -> request metrics -> body limit -> authentication -> the FastAPI app.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry
+
+from shared import __version__
+from shared.auth import (
+    AccessPolicy,
+    Audience,
+    Authenticator,
+    AuthMiddleware,
+    CredentialError,
+    Rule,
+    is_loopback,
+)
+from shared.correlation import CorrelationMiddleware
+from shared.service.body_limit import BodyLimitMiddleware
+from shared.service.errors import install_error_handlers
+from shared.service.metrics import RequestMetrics, metrics_response
+from shared.settings import ConfigError, ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def make_authenticator(settings: ServiceSettings, audience: Audience) -> Authenticator:
+    """Credentials, refusing the combinations SPEC section 2 forbids."""
+    try:
+        authenticator = Authenticator(settings.credentials, audience)
+    except CredentialError as exc:
+        raise ConfigError(f"invalid credentials: {exc}") from None
+    if authenticator.dev_mode:
+        if not is_loopback(settings.host):
+            raise ConfigError("API token required for non-loopback bind")
+        logger.warning("dev mode: auth not required on loopback", extra={"action": "dev_mode"})
+    return authenticator
+
+
+def build_app(
+    *,
+    settings: ServiceSettings,
+    title: str,
+    audience: Audience,
+    rules: list[Rule],
+    lifespan: Lifespan,
+    routers: list[APIRouter],
+) -> FastAPI:
+    authenticator = make_authenticator(settings, audience)
+    registry = CollectorRegistry()
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.authenticator = authenticator
+    app.state.registry = registry
+    app.state.on_reload = authenticator.reload
+    install_error_handlers(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Any:
+        return metrics_response(registry)
+
+    for router in routers:
+        app.include_router(router)
+    policy = AccessPolicy(rules, metrics_public=not settings.metrics_auth)
+    app.add_middleware(AuthMiddleware, authenticator=authenticator, policy=policy)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, registry=registry)
+    app.add_middleware(CorrelationMiddleware)
+    return app
