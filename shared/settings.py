@@ -87,7 +87,9 @@ class _TomlSource(PydanticBaseSettingsSource):
 class ServiceSettings(BaseSettings):
     """Fields every service has. Subclasses set `env_prefix`."""
 
-    model_config = SettingsConfigDict(extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        extra="ignore", validate_default=True, protected_namespaces=()
+    )
 
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8080, ge=1024, le=65535, description="port to bind")

@@ -1,7 +1,7 @@
 """The frame every service app is built in: middleware order, errors, auth, metrics.
 
 Order, outermost first: correlation id (so every response, refusals included, carries
-it) -> request metrics -> body limit -> authentication -> the FastAPI app.
+it) -> request metrics -> unexpected errors -> body limit -> authentication -> the app.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from shared.auth import (
 )
 from shared.correlation import CorrelationMiddleware
 from shared.service.body_limit import BodyLimitMiddleware
-from shared.service.errors import install_error_handlers
+from shared.service.errors import UnexpectedErrorMiddleware, install_error_handlers
 from shared.service.metrics import RequestMetrics, metrics_response
 from shared.settings import ConfigError, ServiceSettings
 
@@ -82,6 +82,7 @@ def build_app(
     policy = AccessPolicy(rules, metrics_public=not settings.metrics_auth)
     app.add_middleware(AuthMiddleware, authenticator=authenticator, policy=policy)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestMetrics, registry=registry)
     app.add_middleware(CorrelationMiddleware)
     return app

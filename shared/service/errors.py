@@ -16,7 +16,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import correlation
-from shared.errors import InternalError, NotFound, PayloadTooLarge, RbeeError, ValidationError
+from shared.auth import error_response_messages
+from shared.errors import (
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+    RbeeError,
+    ValidationError,
+    safe_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +73,8 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
-        return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
+        path = safe_text(request.url.path)
+        return error_response(NotFound(f"No route for {request.method} {path}."))
     if exc.status_code == 405:
         err = RbeeError(f"Method {request.method} is not allowed here.")
         err.status, err.code = 405, "METHOD_NOT_ALLOWED"  # type: ignore[misc]
@@ -77,18 +86,39 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     return error_response(err)
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception(
-        "unhandled error on %s %s",
-        request.method,
-        request.url.path,
-        extra={"action": "internal_error"},
-    )
-    return error_response(InternalError())
+class UnexpectedErrorMiddleware:
+    """Pure ASGI, inside the correlation middleware: a bug becomes a logged traceback and
+    a 500 envelope that still carries the request's correlation id."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception(
+                "unhandled error on %s %s",
+                scope["method"],
+                scope["path"],
+                extra={"action": "internal_error"},
+            )
+            if not started:
+                for message in error_response_messages(InternalError()):
+                    await send(message)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RbeeError, _on_rbee_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(Exception, _on_unexpected)

@@ -6,67 +6,80 @@ Why not starlette's StreamingResponse: under ASGI 2.4 servers it notices a disco
 when a send fails, and a worker processing a long prompt sends nothing for a while.
 
 So this response runs the body iterator and a disconnect listener side by side; a
-disconnect cancels the iterator, whose `finally` blocks release slots and cancel jobs.
+disconnect cancels the iterator. `on_close` runs in every case, even when the body never
+started, so whoever owns a slot or a job can always let it go.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
+
+from starlette.responses import Response
 
 from shared.sse import SSE_HEADERS
 
+logger = logging.getLogger(__name__)
 
-class SSEResponse:
+
+class SSEResponse(Response):
+    """A starlette Response (so FastAPI passes it through) with its own ASGI call."""
+
     media_type = "text/event-stream"
 
     def __init__(
         self,
-        body: AsyncIterator[bytes],
+        stream: AsyncIterator[bytes],
         headers: Mapping[str, str] | None = None,
         status_code: int = 200,
+        on_close: Callable[[], object] | None = None,
     ) -> None:
-        self.body = body
+        self.stream = stream
+        self.on_close = on_close
         self.status_code = status_code
+        self.background = None
         merged = {"content-type": self.media_type, **SSE_HEADERS, **(headers or {})}
         self.raw_headers = [(k.lower().encode(), v.encode()) for k, v in merged.items()]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        stream = asyncio.create_task(self._stream(send))
-        listener = asyncio.create_task(self._wait_for_disconnect(receive))
+        start = {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
+        sender = asyncio.create_task(self._send_all(start, send))
+        listener = asyncio.create_task(_wait_for_disconnect(receive))
         try:
-            await asyncio.wait({stream, listener}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (stream, listener):
+            for task in (sender, listener):
                 task.cancel()
-            await asyncio.gather(stream, listener, return_exceptions=True)
-            await _close(self.body)
-        if stream.done() and not stream.cancelled() and stream.exception() is None:
-            try:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            except OSError:
-                pass
+            results = await asyncio.gather(sender, listener, return_exceptions=True)
+            await _close(self.stream)
+            if self.on_close is not None:
+                self.on_close()
+        error = results[0]
+        if isinstance(error, Exception):
+            logger.error("stream failed: %r", error, extra={"action": "stream_error"})
 
-    async def _stream(self, send: Any) -> None:
+    async def _send_all(self, start: dict[str, Any], send: Any) -> None:
         try:
-            async for chunk in self.body:
+            await send(start)
+            async for chunk in self.stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-send
             return
 
-    @staticmethod
-    async def _wait_for_disconnect(receive: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
+
+async def _wait_for_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
-async def _close(body: AsyncIterator[bytes]) -> None:
-    aclose = getattr(body, "aclose", None)
+async def _close(stream: AsyncIterator[bytes]) -> None:
+    aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()

@@ -1,0 +1,196 @@
+"""Generation endpoints: native `POST /v1/inference` and the OpenAI shapes.
+
+Everything cheap is validated before a stream starts (state, slots, context length), so
+those failures are proper HTTP errors; after the first byte they become error events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from llm_worker.deps import RuntimeDep, SettingsDep
+from llm_worker.disconnect import ClientGone, unless_disconnected
+from llm_worker.engine import GenerationParams
+from llm_worker.prompts import chat_tokens, completion_tokens, generation_params
+from llm_worker.runtime import Job, WorkerRuntime
+from llm_worker.streams import (
+    chat_shape,
+    collect,
+    completion_shape,
+    finish_reason,
+    native_stream,
+    openai_stream,
+)
+from shared.deadlines import HEADER as DEADLINE_HEADER
+from shared.deadlines import parse_deadline, seconds_left
+from shared.errors import DeadlineExceeded, ValidationError
+from shared.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Usage,
+    chat_completion,
+    new_id,
+    now,
+    text_completion,
+)
+from shared.sampling import SamplingParams
+from shared.service.streaming import SSEResponse
+from shared.tasks import InferenceRequest
+
+router = APIRouter()
+JOB_HEADER = "X-Rbee-Job-Id"
+
+
+def _loop_deadline(request: Request) -> float | None:
+    deadline: datetime | None = parse_deadline(request.headers.get(DEADLINE_HEADER))
+    if deadline is None:
+        return None
+    left = seconds_left(deadline)
+    if left <= 0:
+        raise DeadlineExceeded("The request's deadline had already passed when it arrived.")
+    return asyncio.get_running_loop().time() + left
+
+
+def _start(
+    runtime: WorkerRuntime,
+    job_id: str,
+    tokens: list[int],
+    sampling: SamplingParams,
+    max_tokens: int | None,
+) -> tuple[Job, GenerationParams]:
+    budget = runtime.check_fits(len(tokens), max_tokens)
+    job = runtime.acquire(job_id)
+    return job, generation_params(sampling, tokens, budget)
+
+
+def _job_id(request: Request, given: str | None = None) -> str:
+    return given or request.headers.get(JOB_HEADER) or uuid.uuid4().hex
+
+
+@router.post("/v1/inference")
+async def inference(
+    body: InferenceRequest, request: Request, runtime: RuntimeDep, settings: SettingsDep
+) -> SSEResponse:
+    model = runtime.check_accepting()
+    if (body.prompt is None) == (body.messages is None):
+        raise ValidationError(
+            "Send either 'prompt' or 'messages', not both or neither.", param="prompt"
+        )
+    deadline = _loop_deadline(request)
+    tokens = (
+        completion_tokens(model, body.prompt)
+        if body.prompt is not None
+        else chat_tokens(model, body.messages or [])
+    )
+    job_id = _job_id(request, body.job_id)
+    job, params = _start(runtime, job_id, tokens, body, body.max_tokens)
+    generation = runtime.generate(job, params, deadline)
+    stream = native_stream(
+        generation, job_id=job_id, worker_id=settings.worker_id, model=settings.effective_model_ref
+    )
+    return SSEResponse(stream, on_close=generation.cancel)
+
+
+@router.delete("/v1/inference/{job_id}", status_code=204)
+async def cancel(job_id: str, runtime: RuntimeDep) -> Response:
+    runtime.cancel(job_id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, runtime: RuntimeDep
+) -> SSEResponse | JSONResponse:
+    model = runtime.check_accepting()
+    deadline = _loop_deadline(request)
+    tokens = chat_tokens(model, body.messages)
+    job, params = _start(runtime, _job_id(request), tokens, body, body.token_limit)
+    cid, created = new_id("chatcmpl"), now()
+    generation = runtime.generate(job, params, deadline)
+    if body.stream:
+        stream = openai_stream(
+            generation,
+            chat_shape(cid, created, body.model),
+            cid=cid,
+            created=created,
+            model=body.model,
+            include_usage=body.include_usage,
+        )
+        return SSEResponse(stream, on_close=generation.cancel)
+    try:
+        text, finished = await unless_disconnected(request, collect(generation))
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        generation.cancel()
+    return JSONResponse(
+        chat_completion(
+            cid,
+            created,
+            body.model,
+            text,
+            finish_reason(finished),
+            Usage.of(finished.tokens_in, finished.tokens_out),
+        )
+    )
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(
+    body: CompletionRequest, request: Request, runtime: RuntimeDep
+) -> SSEResponse | JSONResponse:
+    model = runtime.check_accepting()
+    deadline = _loop_deadline(request)
+    tokens = completion_tokens(model, body.prompt_text)
+    job, params = _start(runtime, _job_id(request), tokens, body, body.token_limit)
+    cid, created = new_id("cmpl"), now()
+    generation = runtime.generate(job, params, deadline)
+    if body.stream:
+        stream = openai_stream(
+            generation,
+            completion_shape(cid, created, body.model),
+            cid=cid,
+            created=created,
+            model=body.model,
+            include_usage=body.include_usage,
+        )
+        return SSEResponse(stream, on_close=generation.cancel)
+    try:
+        text, finished = await unless_disconnected(request, collect(generation))
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        generation.cancel()
+    if body.echo:
+        text = body.prompt_text + text
+    return JSONResponse(
+        text_completion(
+            cid,
+            created,
+            body.model,
+            text,
+            finish_reason(finished),
+            Usage.of(finished.tokens_in, finished.tokens_out),
+        )
+    )
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, runtime: RuntimeDep) -> JSONResponse:
+    vectors, n_tokens = await runtime.embed(body.inputs)
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+            ],
+            "model": body.model,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        }
+    )

@@ -1,0 +1,258 @@
+"""The worker's state: its model, its slots, its jobs, and whether it takes work.
+
+Everything here is touched from the event loop only; the generation threads see nothing
+but their own :class:`Slot`. A slot goes back to the free list only when its thread has
+really finished (not when the request handler gave up), so a cancelled generation can
+never overlap the next one on the same context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import psutil
+
+from llm_worker.channel import Channel
+from llm_worker.engine import (
+    EngineError,
+    Finished,
+    GenerationParams,
+    Model,
+    Slot,
+    gpu_offload_supported,
+)
+from llm_worker.settings import WorkerSettings
+from shared.errors import (
+    AllSlotsBusy,
+    BackendUnavailable,
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    ShuttingDown,
+    ValidationError,
+    WorkerFailed,
+    WorkerLoading,
+)
+
+logger = logging.getLogger(__name__)
+
+State = Literal["loading", "ready", "draining", "failed"]
+MAX_CONTEXT_DEFAULT = 4096
+
+
+@dataclass
+class Job:
+    job_id: str
+    slot: Slot
+    started: float
+
+
+class WorkerRuntime:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.state: State = "loading"
+        self.progress = 0.0
+        self.model: Model | None = None
+        self._free: list[Slot] = []
+        self._all: list[Slot] = []
+        self._embedder: Slot | None = None
+        self._embed_lock = asyncio.Lock()
+        self.jobs: dict[str, Job] = {}
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.slots + 1, thread_name_prefix="llama"
+        )
+        self.n_ctx = 0
+        self.last_activity = time.monotonic()
+        # Called from generation threads with each result (metrics are thread-safe).
+        self.on_finished: list[Callable[[Finished], None]] = []
+
+    # -- loading --
+
+    def _threads(self) -> int:
+        return self.settings.threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+    def _load_blocking(self) -> None:
+        s = self.settings
+        if s.backend != "cpu":
+            if not gpu_offload_supported():
+                raise BackendUnavailable(
+                    f"Backend '{s.backend}' is not available: this llama-cpp-python build "
+                    "has no GPU offload."
+                )
+        gpu = None if s.backend == "cpu" else s.device
+        model = Model.load(s.model, gpu_device=gpu, on_progress=self._on_progress)
+        n_ctx = s.n_ctx or min(model.info.n_ctx_train, MAX_CONTEXT_DEFAULT)
+        slots = [
+            Slot(model, n_ctx=n_ctx, n_batch=s.n_batch, n_threads=self._threads())
+            for _ in range(s.slots)
+        ]
+        if s.embeddings:
+            self._embedder = Slot(
+                model, n_ctx=n_ctx, n_batch=n_ctx, n_threads=self._threads(), embeddings=True
+            )
+        self.model, self._all, self._free = model, slots, list(slots)
+        self.n_ctx = slots[0].n_ctx
+
+    def _on_progress(self, progress: float) -> None:
+        self.progress = progress  # a float store: safe from the loading thread
+
+    async def load(self) -> None:
+        if not self.settings.model.is_file():
+            raise EngineError(f"model file {self.settings.model} does not exist")
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._load_blocking)
+        self.state, self.progress = "ready", 1.0
+
+    # -- admission --
+
+    @property
+    def slots_total(self) -> int:
+        return self.settings.slots
+
+    @property
+    def slots_busy(self) -> int:
+        return len(self._all) - len(self._free) if self._all else 0
+
+    def check_accepting(self) -> Model:
+        if self.state == "loading":
+            raise WorkerLoading(retry_after=1)
+        if self.state != "ready" or self.model is None:
+            raise ShuttingDown("The worker is draining and takes no new work.")
+        return self.model
+
+    def check_fits(self, prompt_tokens: int, max_tokens: int | None) -> int:
+        """The max_tokens to use; refuses prompts that do not fit the context."""
+        room = self.n_ctx - prompt_tokens
+        wanted = max_tokens if max_tokens is not None else room
+        if room < 1 or wanted > room:
+            raise ContextLengthExceeded(
+                f"The prompt ({prompt_tokens} tokens) plus max_tokens ({wanted}) exceeds the "
+                f"context length of {self.n_ctx} tokens.",
+                param="max_tokens" if room >= 1 else "prompt",
+            )
+        return wanted
+
+    def acquire(self, job_id: str) -> Job:
+        self.check_accepting()
+        if job_id in self.jobs:
+            raise ValidationError(f"Job '{job_id}' is already running.", param="job_id")
+        if not self._free:
+            raise AllSlotsBusy(
+                details={"slots_total": self.slots_total, "slots_busy": self.slots_busy},
+                retry_after=1,
+            )
+        job = Job(job_id, self._free.pop(), time.monotonic())
+        self.jobs[job_id] = job
+        self.last_activity = time.monotonic()
+        return job
+
+    def release(self, job: Job) -> None:
+        if self.jobs.get(job.job_id) is job:
+            del self.jobs[job.job_id]
+        self._free.append(job.slot)
+        self.last_activity = time.monotonic()
+
+    def cancel(self, job_id: str) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return False
+        job.slot.cancel()
+        return True
+
+    # -- generation --
+
+    def generate(
+        self, job: Job, params: GenerationParams, deadline: float | None = None
+    ) -> Generation:
+        """Start generating now; the slot is released when the thread has returned."""
+        return Generation(self, job, params, deadline)
+
+    async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        model = self.check_accepting()
+        if self._embedder is None:
+            raise ValidationError("This worker was not started with --embeddings.", param="model")
+        token_lists = [model.tokenize(t) for t in texts]
+        for tokens in token_lists:
+            if len(tokens) > self.n_ctx:
+                raise ContextLengthExceeded(
+                    f"An input of {len(tokens)} tokens exceeds the context of {self.n_ctx}.",
+                    param="input",
+                )
+        embedder = self._embedder
+        loop = asyncio.get_running_loop()
+        async with self._embed_lock:
+            vectors = [
+                await loop.run_in_executor(self.executor, embedder.embed, tokens)
+                for tokens in token_lists
+            ]
+        return vectors, sum(len(t) for t in token_lists)
+
+    # -- stopping --
+
+    def drain(self) -> None:
+        if self.state in ("ready", "loading"):
+            self.state = "draining"
+
+    async def close(self) -> None:
+        for job in list(self.jobs.values()):
+            job.slot.cancel()
+        # Waiting for the threads blocks, so it happens off the loop.
+        await asyncio.to_thread(self.executor.shutdown, True, cancel_futures=True)
+        for slot in self._all:
+            slot.close()
+        if self._embedder is not None:
+            self._embedder.close()
+        if self.model is not None:
+            self.model.close()
+
+
+class Generation:
+    """One running generation: iterate it for text pieces, then one :class:`Finished`.
+
+    The thread starts at construction, so the slot's release never depends on whether
+    anybody iterates. `cancel()` (idempotent) stops the thread at its next check; it is
+    called when the consumer stops early, disconnects or passes the deadline (loop time).
+    """
+
+    def __init__(
+        self, runtime: WorkerRuntime, job: Job, params: GenerationParams, deadline: float | None
+    ) -> None:
+        self.job = job
+        self._deadline = deadline
+        self._observers = runtime.on_finished
+        loop = asyncio.get_running_loop()
+        self._channel: Channel[str | Finished | BaseException] = Channel(loop)
+        future = loop.run_in_executor(runtime.executor, self._run, params)
+        future.add_done_callback(lambda _: runtime.release(job))
+
+    def _run(self, params: GenerationParams) -> None:
+        try:
+            finished = self.job.slot.generate(params, self._channel.put)
+            self._channel.put(finished)
+            for observe in self._observers:
+                observe(finished)
+        except BaseException as exc:  # handed to the loop, raised there
+            self._channel.put(exc)
+
+    def cancel(self) -> None:
+        self.job.slot.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[str | Finished]:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                while True:
+                    for item in await self._channel.take_all():
+                        if isinstance(item, BaseException):
+                            raise WorkerFailed(f"Generation failed: {item}") from item
+                        yield item
+                        if isinstance(item, Finished):
+                            return
+        except TimeoutError:
+            raise DeadlineExceeded() from None
+        finally:
+            self.cancel()  # a no-op when the thread has already finished

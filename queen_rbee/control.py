@@ -1,0 +1,74 @@
+"""Calls from the queen to hives: the control plane (never on the token path).
+
+One shared httpx client with bounded timeouts; every call carries a fresh short-lived
+token for the hive's audience and the current correlation id (via `shared.clients`).
+Transport failures become 502 `HIVE_UNREACHABLE`; a hive's envelope becomes its typed error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+
+from shared.auth import Audience, Authenticator, Role
+from shared.clients import HiveClient
+from shared.errors import HiveUnreachable
+from shared.sse import SSEEvent
+from shared.workers import SpawnRequest, WorkerInfo
+
+
+class Control:
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def token_for(self, audience: Audience) -> str | None:
+        return self._auth.credentials.bearer_for(audience, Role.OPERATOR)
+
+    def hive(self, url: str) -> HiveClient:
+        return HiveClient(url, token=lambda: self.token_for(Audience.HIVE), client=self._http)
+
+    async def spawn(self, url: str, request: SpawnRequest) -> WorkerInfo:
+        try:
+            return await self.hive(url).spawn(request)
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+
+    async def worker(self, url: str, worker_id: str) -> WorkerInfo:
+        try:
+            body = await self.hive(url).request("GET", f"/v1/workers/{worker_id}")
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+        return WorkerInfo.model_validate(body)
+
+    async def call(self, url: str, method: str, path: str, **kwargs: object) -> object:
+        try:
+            return await self.hive(url).request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+
+    async def healthy(self, url: str, timeout: float = 2.0) -> bool:
+        try:
+            response = await self._http.get(url + "/health", timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    @asynccontextmanager
+    async def stream(
+        self, url: str, path: str, body: dict[str, object]
+    ) -> AsyncIterator[AsyncIterator[SSEEvent]]:
+        try:
+            async with self.hive(url).stream("POST", path, json=body) as events:
+                yield events
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+
+
+def _unreachable(url: str, exc: httpx.HTTPError) -> HiveUnreachable:
+    return HiveUnreachable(f"The hive at {url} did not answer ({type(exc).__name__}).")
