@@ -52,9 +52,9 @@ class Control:
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
 
-    async def healthy(self, url: str, timeout: float = 2.0) -> bool:
+    async def healthy(self, url: str, wait_s: float = 2.0) -> bool:
         try:
-            response = await self._http.get(url + "/health", timeout=timeout)
+            response = await self._http.get(url + "/health", timeout=wait_s)
         except httpx.HTTPError:
             return False
         return response.status_code == 200

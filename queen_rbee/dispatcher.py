@@ -137,9 +137,7 @@ class Dispatcher:
                     for dev in backend.devices:
                         vram = max(vram, getattr(dev, "vram_free_bytes", 0))
             has = model in hive.models or any(w.model == model for w in hive.workers)
-            options.append(
-                HiveOption(hive.id, has, caps.ram_free_bytes if caps else 0, vram)
-            )
+            options.append(HiveOption(hive.id, has, caps.ram_free_bytes if caps else 0, vram))
         return options
 
     def queue_depth(self, model: str) -> int:
@@ -147,9 +145,7 @@ class Dispatcher:
 
     # decisions -----------------------------------------------------------------------
 
-    def try_lease(
-        self, model: str, excluded: set[str], hive_id: str | None = None
-    ) -> Lease | None:
+    def try_lease(self, model: str, excluded: set[str], hive_id: str | None = None) -> Lease | None:
         chosen = scheduler.pick_worker(
             self.candidates(model, hive_id), self.in_flight, self.last_used, excluded
         )
@@ -279,7 +275,9 @@ class Dispatcher:
         logger.info(
             "cold start", extra={"action": "cold_start", "model": cold.model, "hive_id": hive.id}
         )
-        info = await self.control.spawn(_url(hive), SpawnRequest(model_ref=cold.model))
+        info = await self.control.spawn(
+            _url(hive), SpawnRequest.model_validate({"model_ref": cold.model})
+        )
         cold.worker = info
         self.registry.changes.notify()
         while info.state not in scheduler.READY_STATES:

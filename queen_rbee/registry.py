@@ -162,9 +162,12 @@ class Registry:
 
     # writes ------------------------------------------------------------------------
 
-    async def add(self, hive_id: str, url: str | None, ssh: SshTarget | None) -> Hive:
+    def ensure_absent(self, hive_id: str) -> None:
         if hive_id in self._hives:
             raise HiveAlreadyExists(f"A hive with id '{hive_id}' is already registered.")
+
+    async def add(self, hive_id: str, url: str | None, ssh: SshTarget | None) -> Hive:
+        self.ensure_absent(hive_id)
         hive = Hive(id=hive_id, url=url.rstrip("/") if url else None, ssh=ssh)
         self._hives[hive_id] = hive
         await self._save(hive)
@@ -190,7 +193,10 @@ class Registry:
         return hive
 
     async def heartbeat(self, hive_id: str, beat: Heartbeat) -> Hive:
-        hive = self.get(hive_id)
+        hive = self._hives.get(hive_id)
+        if hive is None and beat.url:  # a hive we forgot (wiped db): take it back
+            hive = self._hives[hive_id] = Hive(id=hive_id, url=beat.url)
+        hive = hive or self.get(hive_id)
         was = self.state_of(hive)
         hive.workers = list(beat.workers)
         hive.models = list(beat.models)
@@ -219,4 +225,3 @@ class Registry:
         for hive in self._hives.values():
             hive.workers = [w for w in hive.workers if w.id != worker_id]
         self.changes.notify()
-

@@ -11,7 +11,9 @@ from shared.settings import ServiceSettings
 
 
 class QueenSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="RBEE_QUEEN_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="RBEE_QUEEN_", extra="ignore", validate_default=True
+    )
 
     port: int = Field(8080, ge=1024, le=65535, description="port to bind")
     public_url: str | None = Field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +70,11 @@ class WorkerRecord:
     n_ctx: int | None
     slots: int | None
     restarts: int
+
+
+def file_exists(path: str | Path | None) -> bool:
+    """A cheap stat; fine on the event loop."""
+    return bool(path) and os.path.isfile(path or "")
 
 
 def catalog_id(ref: ModelRef, taken_by_other: bool) -> str:
@@ -136,7 +142,7 @@ class Store:
 
     async def prune_missing(self) -> list[str]:
         """Drop entries whose file vanished from disk (SPEC 8); returns their ids."""
-        gone = [m.id for m in await self.models() if not m.path or not Path(m.path).is_file()]
+        gone = [m.id for m in await self.models() if not file_exists(m.path)]
         for model_id in gone:
             await self.delete_model(model_id)
             logger.info(

@@ -11,6 +11,7 @@ provisioner. Writes go through a thread so a slow disk never blocks the event lo
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -34,6 +35,14 @@ class Retryable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.stalled = stalled
+
+
+def file_size(path: Path) -> int:
+    """Size of a file, 0 when absent (a cheap stat)."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def check_disk(directory: Path, needed: int) -> None:
@@ -90,7 +99,7 @@ async def fetch(
     source: str = "server",
 ) -> int:
     """One attempt; returns the size of the complete `.part` file."""
-    offset = part.stat().st_size if part.exists() else 0
+    offset = file_size(part)
     request_headers = {**headers, **({"Range": f"bytes={offset}-"} if offset else {})}
     try:
         async with client.stream(
@@ -101,7 +110,7 @@ async def fetch(
             follow_redirects=True,
         ) as response:
             if response.status_code == 416 and offset:
-                part.unlink(missing_ok=True)  # our .part is not a prefix of the file
+                os.unlink(part)  # our .part is not a prefix of the file
                 raise Retryable("the server refused to resume; starting over")
             if not response.is_success:
                 raise _status_error(response.status_code, source)

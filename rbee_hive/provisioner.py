@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 
-from rbee_hive.catalog import Store, catalog_id
-from rbee_hive.downloads import Retryable, check_disk, fetch
+from rbee_hive.catalog import Store, catalog_id, file_exists
+from rbee_hive.downloads import Retryable, check_disk, fetch, file_size
 from rbee_hive.gguf_meta import NotGguf, looks_like_gguf, read_meta
 from rbee_hive.settings import HiveSettings
 from rbee_hive.sources import BUNDLED_ALIAS, Source, bundled_available, canonical, resolve
@@ -92,7 +92,8 @@ class Download:
             return
         self._last_emit = now
         rate = done / max(now - self._started, 1e-3)
-        self.publish(ProgressEvent(bytes=done, total=total, bytes_per_s=round(rate, 1)).model_dump())
+        event = ProgressEvent(bytes=done, total=total, bytes_per_s=round(rate, 1))
+        self.publish(event.model_dump())
 
     def finish(self, result: CatalogEntry | None, error: RbeeError | None) -> None:
         self.result, self.error = result, error
@@ -105,8 +106,12 @@ class Download:
             return DownloadEndEvent(model=self.result).model_dump(mode="json")
         return error_event(self.error or InternalError())
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Progress events, then exactly one `end` or `error` event."""
+    async def events(self, keepalive_s: float = 5.0) -> AsyncIterator[Event | None]:
+        """Progress events, then exactly one `end` or `error` event.
+
+        Yields None when nothing happened for `keepalive_s`, so the stream can send a
+        comment line and no proxy times out during a stall.
+        """
         queue: asyncio.Queue[Event] = asyncio.Queue()
         if self.done.is_set():
             yield self._terminal()
@@ -116,7 +121,11 @@ class Download:
         self.watchers.add(queue)
         try:
             while True:
-                event = await queue.get()
+                try:
+                    event = await asyncio.wait_for(queue.get(), keepalive_s)
+                except TimeoutError:
+                    yield None
+                    continue
                 yield event
                 if event["type"] in ("end", "error"):
                     return
@@ -152,9 +161,21 @@ class Provisioner:
         entry = await self.store.find_model(real.raw) or (
             await self.store.find_model(alias) if alias else None
         )
-        if entry is None or not entry.path or not Path(entry.path).is_file():
+        if entry is None or not file_exists(entry.path):
             return None
         return entry
+
+    async def precheck(self, ref: ModelRef) -> None:
+        """Cheap refusals before a stream starts: unknown aliases, missing local files."""
+        if await self.lookup(ref) is not None:
+            return
+        real, _ = canonical(ref)
+        if real.kind == "alias":
+            await resolve(ref)
+        elif real.kind == "file" and not file_exists(real.path):
+            raise ModelNotFound(
+                "No GGUF file exists at the path of the file: reference.", param="model_ref"
+            )
 
     def watch(self, ref: ModelRef) -> Download:
         """Join the download of `ref`, starting it if none runs (never two at once)."""
@@ -237,7 +258,7 @@ class Provisioner:
         try:
             meta = await asyncio.to_thread(read_meta, path)
         except NotGguf as exc:
-            path.unlink(missing_ok=True)
+            await asyncio.to_thread(path.unlink, missing_ok=True)
             raise DownloadFailed(f"The downloaded file is not a GGUF model: {exc}.") from None
         entry = CatalogEntry(
             id=model_id, model_ref=model_ref, alias=alias, state="ready", path=str(path),
@@ -246,7 +267,8 @@ class Provisioner:
             downloaded_at=datetime.now(UTC),
         )
         await self.store.put_model(entry)
-        logger.info("model %s is ready", model_id, extra={"action": "download_done", "model": model_ref})
+        logger.info("model %s is ready", model_id,
+                    extra={"action": "download_done", "model": model_ref})
         return entry
 
     async def _assemble_bundled(self, download: Download, final: Path) -> str:
@@ -266,12 +288,12 @@ class Provisioner:
         return str(bundled.EXPECTED_SHA256)
 
     async def _import_file(self, download: Download, source: Path, final: Path) -> str:
-        if not source.is_file():
+        if not file_exists(source):
             raise ModelNotFound("No GGUF file exists at the path of the file: reference.",
                                 param="model_ref")
         if not await asyncio.to_thread(looks_like_gguf, source):
             raise DownloadFailed("The file named by the file: reference is not a GGUF model.")
-        size = source.stat().st_size
+        size = file_size(source)
         check_disk(self.models_dir, size)
         download.progress(0, size, force=True)
         part = final.with_name(final.name + ".part")
@@ -310,7 +332,8 @@ class Provisioner:
                     stall_timeout_s=settings.download_stall_timeout_s,
                     progress=download.progress, source=source.label,
                 )
-                download.progress(part.stat().st_size, part.stat().st_size, force=True)
+                size = file_size(part)
+                download.progress(size, size, force=True)
                 return
             except Retryable as exc:
                 stalls += exc.stalled

@@ -77,12 +77,13 @@ async def resolve(ref: ModelRef) -> Source:
 def _pick_gguf(files: list[str]) -> str | None:
     ggufs = sorted(f for f in files if f.endswith(".gguf"))
     preferred = [f for f in ggufs if "q4_k_m" in f.lower()]
-    return (preferred or ggufs or [None])[0]
+    candidates = preferred or ggufs
+    return candidates[0] if candidates else None
 
 
 def _resolve_hf(ref: ModelRef, alias: str | None) -> Source:
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     repo = ref.repo or ""
     try:

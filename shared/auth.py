@@ -39,6 +39,7 @@ from shared.errors import Forbidden, InvalidApiKey, MissingApiKey, RbeeError, sa
 logger = logging.getLogger(__name__)
 
 MIN_API_KEY_LENGTH = 16
+MIN_JWT_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key as long as the hash
 LEEWAY_S = 30
 
 
@@ -132,6 +133,10 @@ class Credentials:
             if jwt_secret_file is not None
             else None
         )
+        if secret is not None and len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise CredentialError(
+                f"JWT secret in {jwt_secret_file} is shorter than {MIN_JWT_SECRET_BYTES} bytes"
+            )
         public = (
             _read_secret_file(jwt_public_key_file, "JWT public key file", private=False)
             if jwt_public_key_file is not None

@@ -30,7 +30,10 @@ def free_port() -> int:
 
 
 def wait_until(
-    condition: Callable[[], object], *, timeout: float = 10.0, interval: float = 0.02,
+    condition: Callable[[], object],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
     what: str = "condition",
 ) -> object:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
@@ -86,11 +89,17 @@ class Service:
     def wait_exit(self, timeout: float = 30.0) -> int:
         return self.proc.wait(timeout=timeout)
 
-    def wait_healthy(self, timeout: float = 30.0, path: str = "/health") -> None:
+    def wait_healthy(
+        self, timeout: float = 30.0, path: str = "/health", token: str | None = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+
         def healthy() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"process exited {self.proc.returncode}:\n{self.log()[-3000:]}")
-            return httpx.get(self.url + path, timeout=1.0).status_code == 200
+                raise AssertionError(
+                    f"process exited {self.proc.returncode}:\n{self.log()[-3000:]}"
+                )
+            return httpx.get(self.url + path, headers=headers, timeout=1.0).status_code == 200
 
         try:
             wait_until(healthy, timeout=timeout, what=f"{self.url}{path}")
@@ -104,16 +113,22 @@ class Processes:
         self.started: list[Service] = []
 
     def start(
-        self, command: str, args: Sequence[str], *, env: Mapping[str, str] | None = None,
-        url: str = "", name: str | None = None,
+        self,
+        command: str,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        url: str = "",
+        name: str | None = None,
     ) -> Service:
         executable = VENV_BIN / command
         argv = [str(executable), *args]
         log_path = self.log_dir / f"{name or command}-{len(self.started)}.log"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+            )
         service = Service(proc, log_path, url, argv)
         self.started.append(service)
         return service

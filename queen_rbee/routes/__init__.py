@@ -1,0 +1,1 @@
+"""HTTP routes of the queen: thin handlers that parse, call the domain, shape the answer."""

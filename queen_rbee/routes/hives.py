@@ -1,0 +1,65 @@
+"""Hive registry endpoints: operators add and remove hives; hives register and beat."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from starlette.responses import Response
+
+from queen_rbee.deps import QueenDep
+from shared.errors import RbeeError, ValidationError
+from shared.hives import HIVE_ID_PATTERN, Heartbeat, HiveCreate, HiveInfo, HiveRegistration
+
+router = APIRouter()
+
+HiveId = Annotated[str, Path(pattern=HIVE_ID_PATTERN, max_length=63)]
+
+
+@router.get("/v2/hives")
+async def list_hives(queen: QueenDep) -> dict[str, Any]:
+    reg = queen.registry
+    return {"data": [reg.info(h).model_dump(mode="json") for h in reg.hives()]}
+
+
+@router.get("/v2/hives/{hive_id}")
+async def get_hive(hive_id: HiveId, queen: QueenDep) -> HiveInfo:
+    return queen.registry.info(queen.registry.get(hive_id))
+
+
+@router.post("/v2/hives", status_code=201)
+async def add_hive(body: HiveCreate, queen: QueenDep) -> HiveInfo:
+    if (body.url is None) == (body.ssh is None):
+        raise ValidationError("Give exactly one of 'url' or 'ssh'.", param="url")
+    if body.url is not None and not body.url.startswith(("http://", "https://")):
+        raise ValidationError("The hive URL must start with http:// or https://.", param="url")
+    if body.ssh is not None:
+        queen.registry.ensure_absent(body.id)  # 409 before any SSH work
+        await queen.hosts.preflight(body.ssh)
+    hive = await queen.registry.add(body.id, body.url, body.ssh)
+    if body.ssh is not None:
+        try:
+            await queen.hosts.start(hive)
+        except RbeeError:
+            await queen.registry.remove(hive.id)
+            raise
+    return queen.registry.info(hive)
+
+
+@router.put("/v2/hives/{hive_id}")
+async def register_hive(hive_id: HiveId, body: HiveRegistration, queen: QueenDep) -> HiveInfo:
+    return queen.registry.info(await queen.registry.register(hive_id, body))
+
+
+@router.delete("/v2/hives/{hive_id}", status_code=204)
+async def remove_hive(hive_id: HiveId, queen: QueenDep) -> Response:
+    hive = queen.registry.get(hive_id)
+    await queen.hosts.stop(hive)
+    await queen.registry.remove(hive_id)
+    return Response(status_code=204)
+
+
+@router.post("/v2/hives/{hive_id}/heartbeat")
+async def heartbeat(hive_id: HiveId, body: Heartbeat, queen: QueenDep) -> dict[str, str]:
+    hive = await queen.registry.heartbeat(hive_id, body)
+    return {"status": queen.registry.state_of(hive)}

@@ -1,0 +1,39 @@
+"""Request bodies parsed from raw bytes, so the relay can pass the same bytes on.
+
+The OpenAI routes read the body once, validate it with the shared pydantic models, and
+forward the original bytes to the worker (no re-encoding). Failures become the same
+400 `VALIDATION_ERROR` that FastAPI's own validation gives elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import pydantic
+from fastapi.exceptions import RequestValidationError
+
+from shared.errors import Forbidden, ValidationError
+from shared.modelref import ModelRef, parse_model_ref
+from shared.service.errors import validation_error
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    if not raw.strip():
+        raise ValidationError(
+            "The request body is empty; send a JSON object.",
+            details={"errors": [{"field": "", "message": "body required"}]},
+        )
+    try:
+        return model.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        raise validation_error(RequestValidationError(exc.errors())) from None
+
+
+def check_model_name(name: str, *, operator: bool) -> ModelRef:
+    """A catalog alias or a model reference; `file:` references are for operators only."""
+    ref = parse_model_ref(name, param="model")
+    if ref.kind == "file" and not operator:
+        raise Forbidden("Only operators may name a model by a file: reference.")
+    return ref

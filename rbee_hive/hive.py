@@ -1,0 +1,96 @@
+"""The hive's long-lived parts, opened in the app's lifespan and closed after it.
+
+Start order: hive.db (drop catalog entries whose file vanished) -> resource probe ->
+provisioner -> pool (adopt the workers an earlier hive left) -> heartbeat task. Stop
+order is the reverse; `begin_shutdown` may run earlier, from the stop signal, so workers
+start draining while uvicorn is still finishing open requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from rbee_hive.catalog import Store
+from rbee_hive.heartbeat import HeartbeatLoop
+from rbee_hive.pool import Pool
+from rbee_hive.provisioner import Provisioner
+from rbee_hive.resources import Resources
+from rbee_hive.settings import HiveSettings
+from shared.auth import Audience, Credentials, Role
+from shared.hives import Heartbeat
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Hive:
+    settings: HiveSettings
+    store: Store
+    resources: Resources
+    provisioner: Provisioner
+    pool: Pool
+    client: httpx.AsyncClient
+    heartbeat: HeartbeatLoop | None = None
+    heartbeat_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, settings: HiveSettings, credentials: Callable[[], Credentials]) -> Hive:
+        settings.models_dir.mkdir(parents=True, exist_ok=True)
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        store = await Store.open(settings.db_path)
+        await store.prune_missing()
+        resources = Resources(settings.hive_id, settings.data_dir)
+        await resources.start()
+        client = httpx.AsyncClient(timeout=httpx.Timeout(30.0))
+        provisioner = Provisioner(settings, store, client)
+
+        def worker_token() -> str | None:
+            return credentials().bearer_for(Audience.WORKER, Role.HIVE, ttl_s=60)
+
+        pool = Pool(settings, store, provisioner, resources, client, worker_token)
+        hive = cls(settings, store, resources, provisioner, pool, client)
+        await pool.adopt_existing()
+        if settings.queen_url:
+            hive.heartbeat = HeartbeatLoop(
+                queen_url=settings.queen_url, hive_id=settings.hive_id,
+                hive_url=settings.base_url, interval_s=settings.heartbeat_interval_s,
+                client=client, credentials=credentials,
+                capabilities=resources.capabilities, snapshot=hive.snapshot,
+            )
+            hive.heartbeat_task = asyncio.create_task(hive.heartbeat.run())
+        return hive
+
+    async def snapshot(self) -> Heartbeat:
+        models = set()
+        for entry in await self.provisioner.catalog():
+            if entry.state == "ready":
+                models.add(entry.model_ref)
+                if entry.alias:
+                    models.add(entry.alias)
+        return Heartbeat(
+            url=self.settings.base_url,
+            workers=self.pool.infos(),
+            capabilities=await self.resources.capabilities(),
+            models=sorted(models),
+        )
+
+    def begin_shutdown(self) -> None:
+        """From the stop signal or `POST /v1/shutdown`: workers start stopping now."""
+        logger.info("stopping all workers", extra={"action": "hive_shutdown"})
+        self.pool.begin_close()
+
+    async def close(self) -> None:
+        await self.pool.begin_close()
+        if self.heartbeat_task is not None:
+            self.heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.heartbeat_task
+        await self.provisioner.close()
+        await self.client.aclose()
+        await self.store.close()
