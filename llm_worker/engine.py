@@ -68,8 +68,7 @@ _log_fragments: list[str] = []
 _last_level = logging.DEBUG
 
 
-@llama_cpp.llama_log_callback
-def _on_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+def _log_line(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     global _last_level
     if level != 5:  # 5 continues the previous line at its level
         _last_level = _LOG_LEVELS.get(level, logging.DEBUG)
@@ -81,6 +80,7 @@ def _on_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
             llama_logger.log(_last_level, "%s", line, extra={"action": "llama_cpp"})
 
 
+_on_llama_log = llama_cpp.llama_log_callback(_log_line)  # kept referenced for C
 _backend_ready = False
 
 
@@ -249,7 +249,8 @@ def _apply_jinja_template(
     eos = model.token_text(llama_cpp.llama_vocab_eos(model.vocab))
     try:
         formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        result = formatter(messages=[{"role": r, "content": c} for r, c in messages])
+        chat: Any = [{"role": r, "content": c} for r, c in messages]
+        result = formatter(messages=chat)
     except Exception as exc:  # a broken template in a model file is the file's fault
         logger.warning("chat template failed: %s", exc, extra={"action": "chat_template"})
         return None
@@ -306,8 +307,12 @@ class Slot:
             del self._cached[keep:]
         return keep
 
-    def _decode(self, tokens: Sequence[int]) -> None:
-        array = (llama_cpp.llama_token * len(tokens))(*tokens)
+    def _decode(self, tokens: Sequence[int] | ctypes.Array[ctypes.c_int32]) -> None:
+        array = (
+            tokens
+            if isinstance(tokens, ctypes.Array)
+            else (llama_cpp.llama_token * len(tokens))(*tokens)
+        )
         rc = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(tokens)))
         if rc != 0:
             self._forget()

@@ -7,9 +7,11 @@ forward the original bytes to the worker (no re-encoding). Failures become the s
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pydantic
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
 from shared.errors import Forbidden, ValidationError
@@ -37,3 +39,22 @@ def check_model_name(name: str, *, operator: bool) -> ModelRef:
     if ref.kind == "file" and not operator:
         raise Forbidden("Only operators may name a model by a file: reference.")
     return ref
+
+
+def body_of(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+    """A dependency that parses the raw body into `model` with rbee's error envelope."""
+
+    async def parse(request: Request) -> M:
+        return parse_body(await request.body(), model)
+
+    return parse
+
+
+def optional_body_of(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+    """Like :func:`body_of`, but an empty body means the model's defaults."""
+
+    async def parse(request: Request) -> M:
+        raw = await request.body()
+        return parse_body(raw, model) if raw.strip() else model()
+
+    return parse

@@ -22,7 +22,6 @@ import httpx
 from shared.errors import DownloadFailed, InsufficientDisk, ModelNotFound
 
 DISK_MARGIN = 1.1
-CHUNK = 256 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 Progress = Callable[[int, int | None], None]
@@ -81,7 +80,7 @@ async def _write_body(
 ) -> int:
     done = offset
     with part.open("ab" if offset else "wb") as file:
-        async for chunk in response.aiter_bytes(CHUNK):
+        async for chunk in response.aiter_bytes():  # as it arrives: a cut loses nothing
             await asyncio.to_thread(file.write, chunk)
             done += len(chunk)
             progress(done, total)

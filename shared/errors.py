@@ -270,9 +270,8 @@ def _all_subclasses(cls: type[RbeeError]) -> list[type[RbeeError]]:
     return found
 
 
-ERRORS_BY_CODE: dict[str, type[RbeeError]] = {
-    cls.code: cls for cls in [RbeeError, *_all_subclasses(RbeeError)]
-}
+_ALL_ERRORS: list[type[RbeeError]] = [RbeeError, *_all_subclasses(RbeeError)]
+ERRORS_BY_CODE: dict[str, type[RbeeError]] = {cls.code: cls for cls in _ALL_ERRORS}
 
 
 def error_from_envelope(status: int, body: object) -> RbeeError:

@@ -7,6 +7,8 @@ those failures are proper HTTP errors; after the first byte they become error ev
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
 import uuid
 from datetime import datetime
 
@@ -106,7 +108,7 @@ async def cancel(job_id: str, runtime: RuntimeDep) -> Response:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, runtime: RuntimeDep
-) -> SSEResponse | JSONResponse:
+) -> Response:
     model = runtime.check_accepting()
     deadline = _loop_deadline(request)
     tokens = chat_tokens(model, body.messages)
@@ -144,7 +146,7 @@ async def chat_completions(
 @router.post("/v1/completions", response_model=None)
 async def completions(
     body: CompletionRequest, request: Request, runtime: RuntimeDep
-) -> SSEResponse | JSONResponse:
+) -> Response:
     model = runtime.check_accepting()
     deadline = _loop_deadline(request)
     tokens = completion_tokens(model, body.prompt_text)
@@ -194,3 +196,8 @@ async def embeddings(body: EmbeddingRequest, runtime: RuntimeDep) -> JSONRespons
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         }
     )
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 format: little-endian float32s (what the SDK asks for by default)."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 from starlette.responses import Response
 
 from queen_rbee.deps import QueenDep
+from queen_rbee.validation import body_of
 from shared.errors import RbeeError, ValidationError
 from shared.hives import HIVE_ID_PATTERN, Heartbeat, HiveCreate, HiveInfo, HiveRegistration
 
 router = APIRouter()
 
+CreateBody = Annotated[HiveCreate, Depends(body_of(HiveCreate))]
+RegistrationBody = Annotated[HiveRegistration, Depends(body_of(HiveRegistration))]
+HeartbeatBody = Annotated[Heartbeat, Depends(body_of(Heartbeat))]
 HiveId = Annotated[str, Path(pattern=HIVE_ID_PATTERN, max_length=63)]
 
 
@@ -28,7 +32,7 @@ async def get_hive(hive_id: HiveId, queen: QueenDep) -> HiveInfo:
 
 
 @router.post("/v2/hives", status_code=201)
-async def add_hive(body: HiveCreate, queen: QueenDep) -> HiveInfo:
+async def add_hive(body: CreateBody, queen: QueenDep) -> HiveInfo:
     if (body.url is None) == (body.ssh is None):
         raise ValidationError("Give exactly one of 'url' or 'ssh'.", param="url")
     if body.url is not None and not body.url.startswith(("http://", "https://")):
@@ -47,7 +51,7 @@ async def add_hive(body: HiveCreate, queen: QueenDep) -> HiveInfo:
 
 
 @router.put("/v2/hives/{hive_id}")
-async def register_hive(hive_id: HiveId, body: HiveRegistration, queen: QueenDep) -> HiveInfo:
+async def register_hive(hive_id: HiveId, body: RegistrationBody, queen: QueenDep) -> HiveInfo:
     return queen.registry.info(await queen.registry.register(hive_id, body))
 
 
@@ -60,6 +64,6 @@ async def remove_hive(hive_id: HiveId, queen: QueenDep) -> Response:
 
 
 @router.post("/v2/hives/{hive_id}/heartbeat")
-async def heartbeat(hive_id: HiveId, body: Heartbeat, queen: QueenDep) -> dict[str, str]:
+async def heartbeat(hive_id: HiveId, body: HeartbeatBody, queen: QueenDep) -> dict[str, str]:
     hive = await queen.registry.heartbeat(hive_id, body)
     return {"status": queen.registry.state_of(hive)}

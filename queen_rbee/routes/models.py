@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from queen_rbee import scheduler
 from queen_rbee.deps import OperatorDep, QueenDep
-from queen_rbee.validation import check_model_name
+from queen_rbee.validation import body_of, check_model_name
 from shared.errors import NoCapacity, RbeeError
 from shared.service.streaming import SSEResponse
 from shared.sse import DONE, SSEEvent, encode_data
@@ -48,7 +48,11 @@ async def list_catalog(queen: QueenDep) -> dict[str, Any]:
 
 
 @router.post("/v2/models/pull")
-async def pull(body: PullRequest, queen: QueenDep, operator: OperatorDep) -> SSEResponse:
+async def pull(
+    body: Annotated[PullRequest, Depends(body_of(PullRequest))],
+    queen: QueenDep,
+    operator: OperatorDep,
+) -> SSEResponse:
     check_model_name(body.model, operator=operator)
     if body.hive_id is not None:
         queen.registry.get(body.hive_id)

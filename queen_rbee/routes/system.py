@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
 from queen_rbee.deps import QueenDep
+from queen_rbee.validation import optional_body_of
 from shared import __version__
 from shared.errors import RbeeError
 
@@ -27,9 +28,10 @@ async def health() -> dict[str, str]:
 
 @router.post("/v2/shutdown", status_code=202)
 async def shutdown(
-    request: Request, queen: QueenDep, body: ShutdownRequest | None = None
+    request: Request,
+    queen: QueenDep,
+    body: Annotated[ShutdownRequest, Depends(optional_body_of(ShutdownRequest))],
 ) -> dict[str, Any]:
-    body = body or ShutdownRequest()
     stopped: list[str] = []
     if body.cascade:
         hives = [h for h in queen.registry.hives() if h.url]

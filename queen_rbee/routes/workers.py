@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
 from queen_rbee import scheduler
 from queen_rbee.deps import OperatorDep, QueenDep
-from queen_rbee.validation import check_model_name
+from queen_rbee.validation import body_of, check_model_name
 from shared.errors import NoCapacity, WorkerNotFound
 from shared.workers import SpawnRequest
 
@@ -45,7 +45,11 @@ async def list_workers(queen: QueenDep) -> dict[str, Any]:
 
 
 @router.post("/v2/workers", status_code=202)
-async def spawn_worker(body: WorkerSpawn, queen: QueenDep, operator: OperatorDep) -> JSONResponse:
+async def spawn_worker(
+    body: Annotated[WorkerSpawn, Depends(body_of(WorkerSpawn))],
+    queen: QueenDep,
+    operator: OperatorDep,
+) -> JSONResponse:
     check_model_name(body.model, operator=operator)
     if body.hive_id is not None:
         queen.registry.get(body.hive_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
 from typing import Any
 
 from starlette.responses import Response
@@ -43,7 +43,7 @@ class SSEResponse(Response):
         merged = {"content-type": self.media_type, **SSE_HEADERS, **(headers or {})}
         self.raw_headers = [(k.lower().encode(), v.encode()) for k, v in merged.items()]
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         start = {
             "type": "http.response.start",
             "status": self.status_code,

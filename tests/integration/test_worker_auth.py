@@ -58,8 +58,11 @@ def test_rejected_tokens_get_the_right_401(secured: Service) -> None:
     alg_none = jwt.encode({**claims, "exp": now + 600}, None, algorithm="none")
     wrong_aud = mint_token(SECRET, role=Role.OPERATOR, audience=Audience.QUEEN, ttl_s=600)
     assert code(call(secured, None)) == (401, "MISSING_API_KEY")
-    basic = httpx.post(secured.url + "/v1/inference", headers={"Authorization": "Basic abc"},
-                       json={"prompt": "hi", "max_tokens": 2})
+    basic = httpx.post(
+        secured.url + "/v1/inference",
+        headers={"Authorization": "Basic abc"},
+        json={"prompt": "hi", "max_tokens": 2},
+    )
     assert code(basic) == (401, "MISSING_API_KEY")
     assert code(call(secured, "wrong-key-but-long-enough")) == (401, "INVALID_API_KEY")
     for token, why in [(expired, "expired"), (alg_none, "'none'"), (wrong_aud, "audience")]:

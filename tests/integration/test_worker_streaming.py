@@ -137,3 +137,18 @@ def test_correlation_id_is_reused_when_valid(worker: Service) -> None:
     assert response.headers["x-correlation-id"] == cid
     other = httpx.get(worker.url + "/health", headers={"X-Correlation-ID": "not-a-uuid"})
     assert other.headers["x-correlation-id"] != "not-a-uuid"
+
+
+def test_embeddings_when_enabled(processes: Processes, tiny_model: Path, rbee_home: Path) -> None:
+    worker = start_worker(processes, tiny_model, extra=["--embeddings"])
+    client = openai.OpenAI(base_url=worker.url + "/v1", api_key="dev")
+    result = client.embeddings.create(
+        model="tiny", input=["hello world", "hello world", "something else entirely"]
+    )
+    a, b, c = (item.embedding for item in result.data)
+    assert len(a) == 64 and a == b and a != c
+    assert abs(sum(x * x for x in a) - 1.0) < 1e-4  # L2-normalised, as OpenAI's are
+    assert result.usage.prompt_tokens > 0
+    plain = httpx.post(worker.url + "/v1/embeddings",
+                       json={"model": "tiny", "input": "hello world", "encoding_format": "float"})
+    assert plain.json()["data"][0]["embedding"] == pytest.approx(a, abs=1e-6)

@@ -1,0 +1,218 @@
+"""The queen in front of real workers (registered by a heartbeat the test sends)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.workers import start_worker
+from tests.procs import Processes, Service, wait_until
+from tests.queen.stack import (
+    beat,
+    data_events,
+    slots_busy,
+    sse_lines,
+    start_queen,
+    wait_slot_free,
+    worker_info,
+)
+
+pytestmark = pytest.mark.integration
+
+WORKER_ENV = {"RBEE_WORKER_THREADS": "1"}
+LONG = 3800  # tokens: a stream that runs for a while on the tiny model
+
+
+@pytest.fixture
+def one(
+    processes: Processes, tiny_model: Path, rbee_home: Path
+) -> Iterator[tuple[Service, Service]]:
+    worker = start_worker(processes, tiny_model, env=WORKER_ENV)
+    queen = start_queen(processes, rbee_home / "queen", env={"RBEE_QUEEN_QUEUE_SIZE": "1"})
+    beat(queen, "h1", [worker_info(worker)])
+    yield queen, worker
+
+
+def client(queen: Service) -> openai.OpenAI:
+    return openai.OpenAI(base_url=queen.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_the_openai_sdk_gets_models_chat_and_completions(one: tuple[Service, Service]) -> None:
+    queen, _ = one
+    sdk = client(queen)
+    assert [m.id for m in sdk.models.list()] == ["tiny"]
+    messages = [{"role": "user", "content": "Hello there"}]
+    chat = sdk.chat.completions.create(model="tiny", messages=messages, max_tokens=8)  # type: ignore[arg-type]
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage is not None and chat.usage.completion_tokens >= 1
+
+    chunks = list(
+        sdk.chat.completions.create(
+            model="tiny",
+            messages=messages,
+            max_tokens=8,  # type: ignore[call-overload]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    plain = list(
+        sdk.chat.completions.create(
+            model="tiny",
+            messages=messages,
+            max_tokens=8,  # type: ignore[call-overload]
+            stream=True,
+        )
+    )
+    assert all(c.usage is None for c in plain) and plain[-1].choices[0].finish_reason
+
+    done = sdk.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6)
+    assert done.choices[0].text and done.usage is not None
+    streamed = list(
+        sdk.completions.create(model="tiny", prompt="Once upon", max_tokens=6, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices)
+    assert streamed[-1].choices[0].finish_reason in ("stop", "length")
+
+    with pytest.raises(openai.BadRequestError) as too_long:
+        sdk.completions.create(model="tiny", prompt="x", max_tokens=10_000_000)
+    assert too_long.value.body["code"] == "CONTEXT_LENGTH_EXCEEDED"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="nope", messages=messages)  # type: ignore[arg-type]
+
+
+def test_inference_responses_carry_overhead_and_correlation_id(
+    one: tuple[Service, Service],
+) -> None:
+    queen, _ = one
+    cid = "0b9a4c1e-8f65-4f4a-9c2e-7d1f3b5a6c80"
+    response = httpx.post(
+        queen.url + "/v1/completions",
+        json={"model": "tiny", "prompt": "hi", "max_tokens": 3},
+        headers={"X-Correlation-ID": cid},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.headers["x-correlation-id"] == cid
+    assert 0 <= float(response.headers["x-rbee-overhead-ms"]) < 1000
+
+
+def test_a_worker_killed_before_its_first_byte_is_invisible(
+    processes: Processes, tiny_model: Path, rbee_home: Path
+) -> None:
+    a = start_worker(processes, tiny_model, env=WORKER_ENV)
+    b = start_worker(processes, tiny_model, env=WORKER_ENV)
+    queen = start_queen(processes, rbee_home / "queen")
+    beat(queen, "h1", [worker_info(a), worker_info(b)])
+    a.proc.kill()
+    a.proc.wait()
+    b.proc.send_signal(signal.SIGKILL) if False else None
+    sdk = client(queen)
+    for _ in range(4):
+        out = sdk.completions.create(model="tiny", prompt="Hello", max_tokens=4)
+        assert out.choices[0].text
+    metrics = httpx.get(queen.url + "/metrics").text
+    assert 'rbee_failovers_total{model="tiny"} 1.0' in metrics
+
+
+def test_a_worker_killed_mid_stream_gives_an_error_event_then_done(
+    one: tuple[Service, Service],
+) -> None:
+    queen, worker = one
+    body = {"model": "tiny", "prompt": "Tell me a long story", "max_tokens": LONG, "stream": True}
+    lines: list[str] = []
+    with httpx.stream("POST", queen.url + "/v1/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        for line in sse_lines(response):
+            lines.append(line)
+            if len(lines) == 3:
+                worker.proc.kill()
+    events = data_events(lines)
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["code"] == "WORKER_FAILED"
+    assert events[-2]["error"]["correlation_id"] == response.headers["x-correlation-id"]
+    assert all("choices" in e for e in events[:-2])
+
+
+def test_client_disconnect_frees_the_worker_slot_within_1s(one: tuple[Service, Service]) -> None:
+    queen, worker = one
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Go"}],
+        "max_tokens": LONG,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", queen.url + "/v1/chat/completions", json=body, timeout=30
+    ) as response:
+        for _ in zip(range(3), sse_lines(response), strict=False):
+            pass
+        assert slots_busy(worker) == 1
+    left = time.monotonic()
+    wait_slot_free(worker, timeout=1.0)
+    assert time.monotonic() - left < 1.0
+
+
+def test_delete_task_cancels_the_job_at_the_worker(one: tuple[Service, Service]) -> None:
+    queen, worker = one
+    body = {"model": "tiny", "prompt": "Tell me a long story", "max_tokens": LONG}
+    lines: list[str] = []
+    with httpx.stream("POST", queen.url + "/v2/tasks", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        for line in sse_lines(response):
+            lines.append(line)
+            if len(lines) == 2:
+                job_id = data_events(lines)[0]["job_id"]
+                assert httpx.delete(f"{queen.url}/v2/tasks/{job_id}").status_code == 204
+    events = data_events(lines)
+    assert events[0]["type"] == "started" and events[0]["worker_id"] == worker_info(worker)["id"]
+    assert events[-1] == "[DONE]"
+    assert events[-2]["type"] == "end" and events[-2]["stop_reason"] == "cancelled"
+    assert events[-2]["tokens_out"] < LONG
+    wait_slot_free(worker)
+
+
+def test_a_full_queue_answers_503_with_retry_after(one: tuple[Service, Service]) -> None:
+    queen, worker = one
+    long_body = {"model": "tiny", "prompt": "story", "max_tokens": LONG, "stream": True}
+    first_line = threading.Event()
+    queued_line = threading.Event()
+    outcome: dict[str, list[str]] = {}
+
+    def run(name: str, ready: threading.Event) -> None:
+        with httpx.stream("POST", queen.url + "/v1/completions", json=long_body, timeout=60) as r:
+            lines = []
+            for line in sse_lines(r):
+                lines.append(line)
+                ready.set()
+            outcome[name] = lines
+
+    holder = threading.Thread(target=run, args=("holder", first_line))
+    holder.start()
+    assert first_line.wait(10)
+    waiter = threading.Thread(target=run, args=("waiter", queued_line))
+    waiter.start()
+    assert queued_line.wait(10)  # the waiter got 200 and keep-alives: it sits in the queue
+    refused = httpx.post(
+        queen.url + "/v1/completions",
+        json={"model": "tiny", "prompt": "x", "max_tokens": 2},
+        timeout=10,
+    )
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "NO_CAPACITY"
+    assert int(refused.headers["retry-after"]) >= 1
+    holder.join(60)
+    waiter.join(60)
+    assert outcome["waiter"][0].startswith(": queued position=1")
+    assert data_events(outcome["waiter"])[-1] == "[DONE]"
+    wait_until(lambda: slots_busy(worker) == 0, timeout=5, what="slot free")

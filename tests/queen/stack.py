@@ -1,0 +1,75 @@
+"""Helpers for integration tests that run a real queen (and workers, hives) as processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.procs import Processes, Service, free_port, wait_until
+
+
+def start_queen(
+    processes: Processes,
+    data_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+) -> Service:
+    port = port or free_port()
+    queen = processes.start(
+        "queen-rbee",
+        ["--port", str(port), "--data-dir", str(data_dir)],
+        env={"RBEE_QUEEN_KEEPALIVE_INTERVAL_S": "1", **(env or {})},
+        url=f"http://127.0.0.1:{port}",
+        name="queen",
+    )
+    queen.wait_healthy()
+    return queen
+
+
+def worker_info(worker: Service, model: str = "tiny", slots: int = 1) -> dict[str, Any]:
+    port = int(worker.url.rsplit(":", 1)[1])
+    return {
+        "id": f"w-test-{port}",
+        "state": "idle",
+        "url": worker.url,
+        "model": model,
+        "slots": {"total": slots, "busy": 0},
+        "pid": worker.pid,
+    }
+
+
+def beat(queen: Service, hive_id: str, workers: list[dict[str, Any]]) -> None:
+    """Stand in for a hive: one heartbeat with the given workers."""
+    body = {"url": "http://127.0.0.1:9", "workers": workers, "models": []}
+    response = httpx.post(f"{queen.url}/v2/hives/{hive_id}/heartbeat", json=body, timeout=5)
+    assert response.status_code == 200, response.text
+
+
+def sse_lines(response: httpx.Response) -> Iterator[str]:
+    """`data:` payloads and `:` comments of an SSE response, as they arrive."""
+    for line in response.iter_lines():
+        if line:
+            yield line
+
+
+def data_events(lines: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for line in lines:
+        if line.startswith("data: "):
+            payload = line[6:]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def slots_busy(worker: Service) -> int:
+    busy: int = httpx.get(worker.url + "/v1/ready", timeout=2).json()["slots_busy"]
+    return busy
+
+
+def wait_slot_free(worker: Service, timeout: float = 1.0) -> None:
+    wait_until(lambda: slots_busy(worker) == 0, timeout=timeout, what="worker slot free")
