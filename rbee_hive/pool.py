@@ -258,6 +258,7 @@ class Pool:
             worker.process = AdoptedProcess(record.pid)
             if readiness.ready:
                 worker.ready.set()
+                worker.state = "busy" if readiness.slots_busy else "idle"
             self.workers[worker.id] = worker
             worker.task = asyncio.create_task(self._supervise(worker, worker.process))
             logger.info("adopted worker %s (pid %d)", worker.id, record.pid,

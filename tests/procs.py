@@ -44,7 +44,7 @@ def wait_until(
             result = condition()
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001 - the condition may fail until it holds
+        except Exception as exc:
             last_error = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")

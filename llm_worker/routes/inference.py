@@ -144,9 +144,7 @@ async def chat_completions(
 
 
 @router.post("/v1/completions", response_model=None)
-async def completions(
-    body: CompletionRequest, request: Request, runtime: RuntimeDep
-) -> Response:
+async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep) -> Response:
     model = runtime.check_accepting()
     deadline = _loop_deadline(request)
     tokens = completion_tokens(model, body.prompt_text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -116,7 +115,6 @@ def test_a_worker_killed_before_its_first_byte_is_invisible(
     beat(queen, "h1", [worker_info(a), worker_info(b)])
     a.proc.kill()
     a.proc.wait()
-    b.proc.send_signal(signal.SIGKILL) if False else None
     sdk = client(queen)
     for _ in range(4):
         out = sdk.completions.create(model="tiny", prompt="Hello", max_tokens=4)
@@ -155,8 +153,9 @@ def test_client_disconnect_frees_the_worker_slot_within_1s(one: tuple[Service, S
     with httpx.stream(
         "POST", queen.url + "/v1/chat/completions", json=body, timeout=30
     ) as response:
-        for _ in zip(range(3), sse_lines(response), strict=False):
-            pass
+        assert response.status_code == 200, response.read()
+        lines = sse_lines(response)  # kept open: closing the iterator closes the stream
+        assert all(next(lines).startswith("data: ") for _ in range(3))
         assert slots_busy(worker) == 1
     left = time.monotonic()
     wait_slot_free(worker, timeout=1.0)

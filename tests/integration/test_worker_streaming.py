@@ -149,6 +149,8 @@ def test_embeddings_when_enabled(processes: Processes, tiny_model: Path, rbee_ho
     assert len(a) == 64 and a == b and a != c
     assert abs(sum(x * x for x in a) - 1.0) < 1e-4  # L2-normalised, as OpenAI's are
     assert result.usage.prompt_tokens > 0
-    plain = httpx.post(worker.url + "/v1/embeddings",
-                       json={"model": "tiny", "input": "hello world", "encoding_format": "float"})
+    plain = httpx.post(
+        worker.url + "/v1/embeddings",
+        json={"model": "tiny", "input": "hello world", "encoding_format": "float"},
+    )
     assert plain.json()["data"][0]["embedding"] == pytest.approx(a, abs=1e-6)

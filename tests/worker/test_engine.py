@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import threading
 import time
@@ -75,7 +76,7 @@ def _per_token_times(generate: object, n: int) -> list[float]:
         stamps.append(time.perf_counter())
 
     generate(emit)  # type: ignore[operator]
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)][: n - 1]
+    return [b - a for a, b in itertools.pairwise(stamps)][: n - 1]
 
 
 def test_per_token_cost_stays_flat_over_2000_tokens(model: Model, slot: Slot) -> None:
@@ -115,7 +116,7 @@ def bare_decode_times(model: Model, prompt: list[int], n: int) -> list[float]:
         llama_cpp.llama_sampler_free(sampler)
     finally:
         bare.close()
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def test_chat_template_falls_back_to_chatml(model: Model) -> None:
