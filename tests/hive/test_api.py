@@ -33,7 +33,8 @@ async def nothing_happened(client: httpx.AsyncClient, data_dir: Path) -> None:
     assert list(models.iterdir()) == []
     assert (await client.get("/v1/workers")).json()["data"] == []
     assert [m["id"] for m in (await client.get("/v1/models")).json()["data"]] in (
-        [], ["gemma3-270m"]
+        [],
+        ["gemma3-270m"],
     )
 
 
@@ -63,8 +64,12 @@ async def test_bad_model_refs_get_400_and_change_nothing(
     ],
 )
 async def test_bad_spawn_parameters_get_400(
-    hive_client: httpx.AsyncClient, tmp_path: Path, tiny_model: Path,
-    extra: dict[str, Any], param: str, words: str,
+    hive_client: httpx.AsyncClient,
+    tmp_path: Path,
+    tiny_model: Path,
+    extra: dict[str, Any],
+    param: str,
+    words: str,
 ) -> None:
     response = await hive_client.post(
         "/v1/workers/spawn", json={"model_ref": f"file:{tiny_model}", **extra}
@@ -80,8 +85,11 @@ async def test_bad_spawn_parameters_get_400(
     ("extra", "param"), [({"backend": "metal"}, "backend"), ({"device": 7}, "device")]
 )
 async def test_backend_or_device_this_hive_lacks(
-    hive_client: httpx.AsyncClient, tmp_path: Path, tiny_model: Path,
-    extra: dict[str, Any], param: str,
+    hive_client: httpx.AsyncClient,
+    tmp_path: Path,
+    tiny_model: Path,
+    extra: dict[str, Any],
+    param: str,
 ) -> None:
     response = await hive_client.post(
         "/v1/workers/spawn", json={"model_ref": f"file:{tiny_model}", "backend": "cpu", **extra}
@@ -146,9 +154,15 @@ async def test_unknown_worker_and_ready_callback_for_it(hive_client: httpx.Async
     assert (response.status_code, error(response)["code"]) == (404, "WORKER_NOT_FOUND")
     deleted = await hive_client.delete("/v1/workers/w-00000000")
     assert deleted.status_code == 404
-    callback = await hive_client.post("/v1/workers/ready", json={
-        "worker_id": "w-00000000", "url": "http://127.0.0.1:1", "model_ref": "x",
-        "slots_total": 1})
+    callback = await hive_client.post(
+        "/v1/workers/ready",
+        json={
+            "worker_id": "w-00000000",
+            "url": "http://127.0.0.1:1",
+            "model_ref": "x",
+            "slots_total": 1,
+        },
+    )
     assert (callback.status_code, error(callback)["code"]) == (404, "WORKER_NOT_FOUND")
     assert worker_pids("w-00000000") == []
 
@@ -165,7 +179,5 @@ async def test_bundled_model_is_available_then_ready(hive_client: httpx.AsyncCli
     entry = listed["gemma3-270m"]
     assert entry["state"] == "ready"
     assert entry["architecture"] == "gemma3"
-    assert entry["sha256"] == (
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-    )
+    assert entry["sha256"] == ("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")
     assert Path(entry["path"]).stat().st_size == entry["size"]

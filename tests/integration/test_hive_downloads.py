@@ -87,11 +87,11 @@ def test_part_file_left_by_an_earlier_hive_is_resumed(
     assert Path(end["model"]["path"]).read_bytes() == files.payload
 
 
-def pull_and_signal(base_url: str, ref: str, first_event: threading.Event
-                    ) -> list[dict[str, Any]]:
+def pull_and_signal(base_url: str, ref: str, first_event: threading.Event) -> list[dict[str, Any]]:
     events = []
-    with httpx.stream("POST", base_url + "/v1/models/download", json={"model_ref": ref},
-                      timeout=30) as response:
+    with httpx.stream(
+        "POST", base_url + "/v1/models/download", json={"model_ref": ref}, timeout=30
+    ) as response:
         for event in sse_events(response):
             first_event.set()
             events.append(event)
@@ -117,8 +117,12 @@ def test_progress_arrives_during_the_download(hive: Service, files: FileServer) 
     files.gate.clear()
     seen: list[dict[str, Any]] = []
     released_on_progress = False
-    with httpx.stream("POST", hive.url + "/v1/models/download",
-                      json={"model_ref": f"{files.url}/gate/progress.gguf"}, timeout=30) as resp:
+    with httpx.stream(
+        "POST",
+        hive.url + "/v1/models/download",
+        json={"model_ref": f"{files.url}/gate/progress.gguf"},
+        timeout=30,
+    ) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         for event in sse_events(resp):
             seen.append(event)

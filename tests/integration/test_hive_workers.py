@@ -4,6 +4,7 @@ workers on the tiny model. Timers are shortened through the environment."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -21,18 +22,28 @@ pytestmark = pytest.mark.integration
 SECRET = "hive-cluster-secret-for-tests-0123456789"
 
 
-def spawn(hive: Service, tiny_model: Path, headers: dict[str, str] | None = None,
-          **extra: Any) -> dict[str, Any]:
-    response = httpx.post(hive.url + "/v1/workers/spawn", headers=headers or {},
-                          json={"model_ref": f"file:{tiny_model}", **extra}, timeout=10)
+def spawn(
+    hive: Service, tiny_model: Path, headers: dict[str, str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    response = httpx.post(
+        hive.url + "/v1/workers/spawn",
+        headers=headers or {},
+        json={"model_ref": f"file:{tiny_model}", **extra},
+        timeout=10,
+    )
     assert response.status_code == 202, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
-def ready_hive(processes: Processes, home: Path, tiny_model: Path,
-               env: dict[str, str] | None = None, port: int | None = None,
-               headers: dict[str, str] | None = None) -> Service:
+def ready_hive(
+    processes: Processes,
+    home: Path,
+    tiny_model: Path,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> Service:
     hive = start_hive(processes, home, env=env, port=port)
     events = download(hive.url, f"file:{tiny_model}", headers=headers)
     assert events[-1]["type"] == "end", events
@@ -49,10 +60,17 @@ def test_spawn_loads_then_idles_and_serves_at_its_url(
     processes: Processes, rbee_home: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     secret = write_secret(tmp_path / "jwt.secret", SECRET)
-    operator = {"Authorization": "Bearer " + mint_token(
-        SECRET, role=Role.OPERATOR, audience=Audience.HIVE, ttl_s=300)}
-    hive = ready_hive(processes, rbee_home, tiny_model,
-                      env={"RBEE_HIVE_JWT_SECRET_FILE": str(secret)}, headers=operator)
+    operator = {
+        "Authorization": "Bearer "
+        + mint_token(SECRET, role=Role.OPERATOR, audience=Audience.HIVE, ttl_s=300)
+    }
+    hive = ready_hive(
+        processes,
+        rbee_home,
+        tiny_model,
+        env={"RBEE_HIVE_JWT_SECRET_FILE": str(secret)},
+        headers=operator,
+    )
     assert httpx.get(hive.url + "/v1/workers").status_code == 401
 
     worker = spawn(hive, tiny_model, headers=operator)
@@ -64,13 +82,45 @@ def test_spawn_loads_then_idles_and_serves_at_its_url(
     # The worker got the cluster secret from its hive: its callback and readiness passed
     # auth, and it accepts a worker-audience token for inference at the reported URL.
     token = mint_token(SECRET, role=Role.OPERATOR, audience=Audience.WORKER, ttl_s=60)
-    completion = httpx.post(idle["url"] + "/v1/completions",
-                            headers={"Authorization": f"Bearer {token}"},
-                            json={"model": "x", "prompt": "The cat", "max_tokens": 4}, timeout=30)
+    completion = httpx.post(
+        idle["url"] + "/v1/completions",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"model": "x", "prompt": "The cat", "max_tokens": 4},
+        timeout=30,
+    )
     assert completion.status_code == 200, completion.text
     assert completion.json()["usage"]["completion_tokens"] >= 1
     log = rbee_home / "logs" / f"worker-{worker['id']}.log"
     assert "ready callback accepted" in log.read_text()
+    in_use = httpx.delete(f"{hive.url}/v1/models/tiny-llama-v1", headers=operator)
+    assert (in_use.status_code, in_use.json()["error"]["code"]) == (409, "MODEL_IN_USE")
+
+    # A stream we stop reading holds the worker's slot: the hive reports it busy.
+    with httpx.stream(
+        "POST",
+        idle["url"] + "/v1/completions",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+        json={"model": "x", "prompt": "Once", "max_tokens": 4000, "stream": True},
+    ) as held:
+        assert held.status_code == 200
+        next(held.iter_raw())
+        wait_worker(
+            hive.url,
+            worker["id"],
+            lambda s, b: b["state"] == "busy",
+            headers=operator,
+            timeout=10,
+            what="busy",
+        )
+    wait_worker(
+        hive.url,
+        worker["id"],
+        lambda s, b: b["state"] == "idle",
+        headers=operator,
+        timeout=15,
+        what="idle again",
+    )
 
     stop = httpx.delete(f"{hive.url}/v1/workers/{worker['id']}", headers=operator, timeout=30)
     assert stop.status_code == 204
@@ -87,20 +137,76 @@ def test_killed_worker_is_detected_and_restarted(
     first = wait_worker(hive.url, worker["id"], is_idle, what="idle")
     killed_at = time.monotonic()
     Processes_kill(first["pid"])
-    wait_worker(hive.url, worker["id"], lambda s, b: b["state"] != "idle", timeout=2.0,
-                what="crash detected")
+    wait_worker(
+        hive.url,
+        worker["id"],
+        lambda s, b: b["state"] != "idle",
+        timeout=2.0,
+        what="crash detected",
+    )
     assert time.monotonic() - killed_at < 2.0
-    again = wait_worker(hive.url, worker["id"],
-                        lambda s, b: b["state"] == "idle" and b["restarts"] == 1,
-                        timeout=20, what="restarted")
+    again = wait_worker(
+        hive.url,
+        worker["id"],
+        lambda s, b: b["state"] == "idle" and b["restarts"] == 1,
+        timeout=20,
+        what="restarted",
+    )
     assert again["pid"] != first["pid"] and pid_alive(again["pid"])
     assert again["url"] == first["url"]  # its port was free again, so it kept it
     assert httpx.get(again["url"] + "/health", timeout=5).status_code == 200
 
 
-def Processes_kill(pid: int) -> None:  # noqa: N802 - reads like the shell command
-    import os
+def test_unresponsive_worker_is_killed_and_restarted(
+    processes: Processes, rbee_home: Path, tiny_model: Path
+) -> None:
+    hive = ready_hive(
+        processes,
+        rbee_home,
+        tiny_model,
+        env={"RBEE_HIVE_HEALTH_CHECK_TIMEOUT_S": "0.3", "RBEE_HIVE_HEALTH_CHECK_FAILURES": "2"},
+    )
+    worker = spawn(hive, tiny_model)
+    first = wait_worker(hive.url, worker["id"], is_idle, what="idle")
+    os.kill(first["pid"], signal.SIGSTOP)  # alive, but answers nothing
+    try:
+        again = wait_worker(
+            hive.url,
+            worker["id"],
+            lambda s, b: b["state"] == "idle" and b["restarts"] == 1,
+            timeout=20,
+            what="restart after failed health checks",
+        )
+    finally:
+        if pid_alive(first["pid"]):
+            os.kill(first["pid"], signal.SIGKILL)
+    assert again["pid"] != first["pid"]
+    assert not pid_alive(first["pid"])
 
+
+def test_worker_crashing_past_the_restart_limit_is_failed(
+    processes: Processes, rbee_home: Path, tiny_model: Path
+) -> None:
+    hive = ready_hive(processes, rbee_home, tiny_model, env={"RBEE_HIVE_RESTART_LIMIT": "1"})
+    worker = spawn(hive, tiny_model)
+    first = wait_worker(hive.url, worker["id"], is_idle, what="idle")
+    os.kill(first["pid"], signal.SIGKILL)
+    second = wait_worker(
+        hive.url,
+        worker["id"],
+        lambda s, b: b["state"] == "idle" and b["restarts"] == 1,
+        timeout=20,
+        what="first restart",
+    )
+    os.kill(second["pid"], signal.SIGKILL)
+    failed = wait_worker(
+        hive.url, worker["id"], lambda s, b: b["state"] == "failed", timeout=5, what="failed"
+    )
+    assert failed["restarts"] == 1 and failed["pid"] is None
+    assert worker_pids(worker["id"]) == []
+
+
+def Processes_kill(pid: int) -> None:  # noqa: N802 - reads like the shell command
     os.kill(pid, signal.SIGKILL)
 
 
@@ -109,11 +215,16 @@ def test_worker_that_is_not_ready_in_time_is_killed_and_failed(
 ) -> None:
     # The real worker needs well over 0.3 s just to import llama.cpp, so it cannot be
     # ready within this budget.
-    hive = ready_hive(processes, rbee_home, tiny_model, env={
-        "RBEE_HIVE_READY_TIMEOUT_S": "0.3", "RBEE_HIVE_READY_TIMEOUT_PER_GIB_S": "0"})
+    hive = ready_hive(
+        processes,
+        rbee_home,
+        tiny_model,
+        env={"RBEE_HIVE_READY_TIMEOUT_S": "0.3", "RBEE_HIVE_READY_TIMEOUT_PER_GIB_S": "0"},
+    )
     worker = spawn(hive, tiny_model)
-    failed = wait_worker(hive.url, worker["id"], lambda s, b: b["state"] == "failed",
-                         timeout=10, what="failed")
+    failed = wait_worker(
+        hive.url, worker["id"], lambda s, b: b["state"] == "failed", timeout=10, what="failed"
+    )
     assert failed["restarts"] == 0  # a model that does not load is not retried
     assert worker_pids(worker["id"]) == []
     listed = httpx.get(hive.url + "/v1/workers").json()["data"]
@@ -125,8 +236,9 @@ def test_worker_that_is_not_ready_in_time_is_killed_and_failed(
 def test_idle_worker_is_stopped_after_the_idle_timeout(
     processes: Processes, rbee_home: Path, tiny_model: Path
 ) -> None:
-    hive = ready_hive(processes, rbee_home, tiny_model,
-                      env={"RBEE_HIVE_WORKER_IDLE_TIMEOUT_S": "2"})
+    hive = ready_hive(
+        processes, rbee_home, tiny_model, env={"RBEE_HIVE_WORKER_IDLE_TIMEOUT_S": "2"}
+    )
     worker = spawn(hive, tiny_model)
     idle = wait_worker(hive.url, worker["id"], is_idle, what="idle")
     idle_since = time.monotonic()
@@ -192,8 +304,9 @@ def test_worker_of_a_killed_hive_exits_when_the_grace_ends(
     processes: Processes, rbee_home: Path, tiny_model: Path
 ) -> None:
     grace = 2.0
-    hive = ready_hive(processes, rbee_home, tiny_model,
-                      env={"RBEE_WORKER_ORPHAN_GRACE_S": str(grace)})
+    hive = ready_hive(
+        processes, rbee_home, tiny_model, env={"RBEE_WORKER_ORPHAN_GRACE_S": str(grace)}
+    )
     worker = spawn(hive, tiny_model)
     pid = wait_worker(hive.url, worker["id"], is_idle, what="idle")["pid"]
     hive.signal(signal.SIGKILL)
@@ -209,18 +322,18 @@ def test_restarted_hive_kills_a_leftover_it_cannot_adopt(
     processes: Processes, rbee_home: Path, tiny_model: Path
 ) -> None:
     port = free_port()
-    hive = ready_hive(processes, rbee_home, tiny_model, port=port,
-                      env={"RBEE_WORKER_ORPHAN_GRACE_S": "30"})
+    hive = ready_hive(
+        processes, rbee_home, tiny_model, port=port, env={"RBEE_WORKER_ORPHAN_GRACE_S": "30"}
+    )
     worker = spawn(hive, tiny_model)
     pid = wait_worker(hive.url, worker["id"], is_idle, what="idle")["pid"]
     hive.signal(signal.SIGKILL)
     hive.wait_exit(timeout=10)
-    import os
-
     os.kill(pid, signal.SIGSTOP)  # alive but no longer answering its health checks
     try:
-        again = start_hive(processes, rbee_home, port=port,
-                           env={"RBEE_HIVE_HEALTH_CHECK_TIMEOUT_S": "0.5"})
+        again = start_hive(
+            processes, rbee_home, port=port, env={"RBEE_HIVE_HEALTH_CHECK_TIMEOUT_S": "0.5"}
+        )
         assert httpx.get(again.url + "/v1/workers", timeout=5).json()["data"] == []
         wait_until(lambda: not pid_alive(pid), timeout=5, what="leftover killed")
     finally:
@@ -228,11 +341,11 @@ def test_restarted_hive_kills_a_leftover_it_cannot_adopt(
             os.kill(pid, signal.SIGKILL)
 
 
-def test_worker_log_is_json_lines(processes: Processes, rbee_home: Path,
-                                  tiny_model: Path) -> None:
+def test_worker_log_is_json_lines(processes: Processes, rbee_home: Path, tiny_model: Path) -> None:
     hive = ready_hive(processes, rbee_home, tiny_model)
     worker = spawn(hive, tiny_model)
     wait_worker(hive.url, worker["id"], is_idle, what="idle")
     lines = (rbee_home / "logs" / f"worker-{worker['id']}.log").read_text().splitlines()
-    assert lines and all(json.loads(line)["service"] == "llm-worker-rbee"
-                         for line in lines if line.startswith("{"))
+    assert lines and all(
+        json.loads(line)["service"] == "llm-worker-rbee" for line in lines if line.startswith("{")
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from shared.auth import Audience, Role, mint_token
 from tests.integration.workers import start_worker
-from tests.procs import Processes, Service
+from tests.procs import Processes, Service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +122,20 @@ def test_world_readable_secret_file_is_refused(
     )
     assert worker.wait_exit(timeout=20) == 1
     assert "mode 0644" in worker.log()
+
+
+def test_sighup_reloads_api_keys(
+    processes: Processes, tiny_model: Path, tmp_path: Path, rbee_home: Path
+) -> None:
+    keys = write_secret(tmp_path / "api.keys", API_KEY)
+    worker = start_worker(processes, tiny_model, ready=False, extra=["--api-key-file", str(keys)])
+    worker.wait_healthy(path="/v1/ready", token=API_KEY)
+    rotated = "rbee-rotated-key-9876543210"
+    write_secret(keys, rotated)
+    worker.signal(signal.SIGHUP)
+    wait_until(
+        lambda: call(worker, rotated).status_code == 200,
+        timeout=5,
+        what="the rotated key to be accepted",
+    )
+    assert code(call(worker, API_KEY)) == (401, "INVALID_API_KEY")

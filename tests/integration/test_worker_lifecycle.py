@@ -165,3 +165,31 @@ def test_deadline_in_the_past_is_refused_and_a_short_one_ends_the_stream(
         events = [json.loads(x[6:]) for x in stream.iter_lines() if x.startswith("data: {")]
     assert events[-1]["type"] == "error" and events[-1]["code"] == "DEADLINE_EXCEEDED"
     assert seconds_until_slot_free(worker) < 1.0
+
+
+def test_cuda_backend_without_gpu_support_fails_clearly(
+    processes: Processes, tiny_model: Path, rbee_home: Path
+) -> None:
+    worker = start_worker(
+        processes, tiny_model, extra=["--backend", "cuda"], healthy=False, ready=False
+    )
+    assert worker.wait_exit(timeout=20) != 0
+    assert "Backend 'cuda' is not available" in worker.log()
+
+
+def test_every_log_line_is_structured_json(
+    processes: Processes, tiny_model: Path, rbee_home: Path
+) -> None:
+    worker = start_worker(processes, tiny_model)
+    httpx.post(
+        worker.url + "/v1/inference",
+        json={"prompt": "hi", "max_tokens": 3},
+        headers={"X-Correlation-ID": "3f2c8b1e-5a4d-4c3b-9e2f-1a2b3c4d5e6f"},
+    )
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit(timeout=15) == 0
+    lines = worker.log().splitlines()
+    records = [json.loads(line) for line in lines]  # llama.cpp's lines included
+    assert all({"ts", "level", "service", "action", "msg"} <= r.keys() for r in records)
+    assert {r["service"] for r in records} == {"llm-worker-rbee"}
+    assert any(r["action"] == "model_loaded" for r in records)

@@ -73,3 +73,54 @@ def slots_busy(worker: Service) -> int:
 
 def wait_slot_free(worker: Service, timeout: float = 1.0) -> None:
     wait_until(lambda: slots_busy(worker) == 0, timeout=timeout, what="worker slot free")
+
+
+HIVE_ENV = {
+    "RBEE_HIVE_HEARTBEAT_INTERVAL_S": "0.5",
+    "RBEE_WORKER_THREADS": "1",
+    "RBEE_WORKER_ORPHAN_GRACE_S": "10",
+}
+FAST_QUEEN = {"RBEE_QUEEN_HIVE_STALE_AFTER_S": "3", "RBEE_QUEEN_HIVE_OFFLINE_AFTER_S": "20"}
+
+
+def start_hive(processes: Processes, queen: Service, hive_id: str, data_dir: Path) -> Service:
+    port = free_port()
+    hive = processes.start(
+        "rbee-hive",
+        [
+            "--port",
+            str(port),
+            "--hive-id",
+            hive_id,
+            "--queen-url",
+            queen.url,
+            "--data-dir",
+            str(data_dir),
+            "--worker-port-start",
+            str(free_port()),
+        ],
+        env=HIVE_ENV,
+        url=f"http://127.0.0.1:{port}",
+        name=f"hive-{hive_id}",
+    )
+    hive.wait_healthy()
+    wait_until(lambda: hive_state(queen, hive_id) == "online", timeout=15, what="hive online")
+    return hive
+
+
+def hive_state(queen: Service, hive_id: str) -> str | None:
+    response = httpx.get(f"{queen.url}/v2/hives/{hive_id}", timeout=2)
+    return response.json()["state"] if response.status_code == 200 else None
+
+
+def queen_workers(queen: Service) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = httpx.get(queen.url + "/v2/workers", timeout=5).json()["data"]
+    return data
+
+
+def run_task(queen: Service, model: str, prompt: str = "Hello", max_tokens: int = 4) -> list[Any]:
+    """One native task to its end; the events, `[DONE]` included."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens}
+    with httpx.stream("POST", queen.url + "/v2/tasks", json=body, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        return data_events(list(sse_lines(response)))

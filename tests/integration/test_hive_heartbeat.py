@@ -1,0 +1,120 @@
+"""Heartbeats from a real hive to a small real HTTP server standing in for the queen."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from shared.auth import Audience, Role, mint_token
+from shared.hives import Heartbeat, HiveRegistration
+from tests.hive.support import download, start_hive, write_secret
+from tests.procs import Processes, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+SECRET = "heartbeat-cluster-secret-0123456789abcdef"
+
+
+@dataclass
+class FakeQueen:
+    calls: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    forget_next: bool = False  # answer the next heartbeat 404, as a queen that lost us
+
+    def of(self, method: str) -> list[dict[str, Any]]:
+        return [body for m, _, body, _ in self.calls if m == method]
+
+
+def _handler(queen: FakeQueen) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _record(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="rbee-queen")
+            queen.calls.append((self.command, self.path, body, claims))
+            status = 200
+            if self.command == "POST" and queen.forget_next:
+                queen.forget_next, status = False, 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_PUT = _record
+        do_POST = _record
+
+    return Handler
+
+
+def run_queen(port: int, queen: FakeQueen) -> Iterator[None]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(queen))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def test_hive_registers_and_heartbeats_once_the_queen_appears(
+    processes: Processes, rbee_home: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    secret = write_secret(tmp_path / "jwt.secret", SECRET)
+    queen_port = free_port()
+    hive = start_hive(
+        processes,
+        rbee_home,
+        env={
+            "RBEE_HIVE_JWT_SECRET_FILE": str(secret),
+            "RBEE_HIVE_QUEEN_URL": f"http://127.0.0.1:{queen_port}",
+            "RBEE_HIVE_HEARTBEAT_INTERVAL_S": "0.3",
+            "RBEE_HIVE_ID": "hb-hive",
+        },
+    )
+    operator = {
+        "Authorization": "Bearer "
+        + mint_token(SECRET, role=Role.OPERATOR, audience=Audience.HIVE, ttl_s=300)
+    }
+    # No queen yet: the hive serves as usual.
+    assert download(hive.url, f"file:{tiny_model}", headers=operator)[-1]["type"] == "end"
+    assert httpx.get(hive.url + "/v1/workers", headers=operator).status_code == 200
+
+    queen = FakeQueen()
+    runner = run_queen(queen_port, queen)
+    next(runner)
+    try:
+        wait_until(lambda: len(queen.of("POST")) >= 2, timeout=15, what="two heartbeats")
+        queen.forget_next = True
+        wait_until(lambda: len(queen.of("PUT")) >= 2, timeout=15, what="re-registration")
+    finally:
+        runner.close()
+
+    method, path, body, claims = queen.calls[0]
+    assert (method, path) == ("PUT", "/v2/hives/hb-hive")
+    assert (claims["role"], claims["aud"]) == ("hive", "rbee-queen")
+    registration = HiveRegistration.model_validate(body)
+    assert registration.url == hive.url
+    assert registration.capabilities is not None and registration.capabilities.id == "hb-hive"
+    beats = [c for c in queen.calls if c[0] == "POST"]
+    assert all(path == "/v2/hives/hb-hive/heartbeat" for _, path, _, _ in beats)
+    beat = Heartbeat.model_validate(beats[0][2])
+    assert beat.workers == [] and beat.capabilities is not None
+    assert f"file:{tiny_model}" in beat.models
