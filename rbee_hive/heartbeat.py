@@ -57,7 +57,9 @@ class HeartbeatLoop:
             url=self.hive_url, version=__version__, capabilities=await self.capabilities()
         )
         response = await self.client.put(
-            self.base, json=body.model_dump(mode="json"), headers=self._headers(),
+            self.base,
+            json=body.model_dump(mode="json"),
+            headers=self._headers(),
             timeout=self.interval_s * 2,
         )
         response.raise_for_status()
@@ -67,8 +69,10 @@ class HeartbeatLoop:
     async def _beat(self) -> None:
         body = await self.snapshot()
         response = await self.client.post(
-            self.base + "/heartbeat", json=body.model_dump(mode="json"),
-            headers=self._headers(), timeout=self.interval_s * 2,
+            self.base + "/heartbeat",
+            json=body.model_dump(mode="json"),
+            headers=self._headers(),
+            timeout=self.interval_s * 2,
         )
         if response.status_code == 404:
             self.registered = False
@@ -83,8 +87,12 @@ class HeartbeatLoop:
                     await self._register()
                 await self._beat()
             except httpx.HTTPError as exc:
-                logger.warning("queen unreachable or refused the heartbeat: %s; retry in %g s",
-                               type(exc).__name__, backoff, extra={"action": "heartbeat_failed"})
+                logger.warning(
+                    "queen unreachable or refused the heartbeat: %s; retry in %g s",
+                    type(exc).__name__,
+                    backoff,
+                    extra={"action": "heartbeat_failed"},
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.interval_s * 6)
                 continue

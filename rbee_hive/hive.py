@@ -58,10 +58,14 @@ class Hive:
         await pool.adopt_existing()
         if settings.queen_url:
             hive.heartbeat = HeartbeatLoop(
-                queen_url=settings.queen_url, hive_id=settings.hive_id,
-                hive_url=settings.base_url, interval_s=settings.heartbeat_interval_s,
-                client=client, credentials=credentials,
-                capabilities=resources.capabilities, snapshot=hive.snapshot,
+                queen_url=settings.queen_url,
+                hive_id=settings.hive_id,
+                hive_url=settings.base_url,
+                interval_s=settings.heartbeat_interval_s,
+                client=client,
+                credentials=credentials,
+                capabilities=resources.capabilities,
+                snapshot=hive.snapshot,
             )
             hive.heartbeat_task = asyncio.create_task(hive.heartbeat.run())
         return hive

@@ -93,17 +93,31 @@ class Worker:
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
-            id=self.id, state=self.state, pid=self.process.pid if self.process else None,
-            port=self.port, url=self.url, model=self.model_ref, backend=self.backend,
-            device=self.device, slots=Slots(total=self.slots_total, busy=self.slots_busy),
-            restarts=self.restarts, last_health_check=self.last_health_check,
+            id=self.id,
+            state=self.state,
+            pid=self.process.pid if self.process else None,
+            port=self.port,
+            url=self.url,
+            model=self.model_ref,
+            backend=self.backend,
+            device=self.device,
+            slots=Slots(total=self.slots_total, busy=self.slots_busy),
+            restarts=self.restarts,
+            last_health_check=self.last_health_check,
         )
 
     def record(self) -> WorkerRecord:
         return WorkerRecord(
-            id=self.id, model_ref=self.model_ref, backend=self.backend, device=self.device,
-            pid=self.process.pid if self.process else None, port=self.port, url=self.url,
-            n_ctx=self.n_ctx, slots=self.slots, restarts=self.restarts,
+            id=self.id,
+            model_ref=self.model_ref,
+            backend=self.backend,
+            device=self.device,
+            pid=self.process.pid if self.process else None,
+            port=self.port,
+            url=self.url,
+            n_ctx=self.n_ctx,
+            slots=self.slots,
+            restarts=self.restarts,
         )
 
 
@@ -176,17 +190,20 @@ class Pool:
 
             if canonical(ref)[0].kind == "alias":
                 await resolve(ref)
-        worker = self._new_worker(
-            entry.model_ref if entry else ref.raw, backend, device, request
-        )
+        worker = self._new_worker(entry.model_ref if entry else ref.raw, backend, device, request)
         if entry is None:
             worker.state = "downloading"
         else:
             worker.model_path, worker.model_size = entry.path, entry.size or 0
         worker.task = asyncio.create_task(self._supervise(worker, None))
-        logger.info("spawning worker %s for %s on %s:%d", worker.id, worker.model_ref, backend,
-                    device, extra={"action": "worker_spawn", "worker_id": worker.id,
-                                   "model": worker.model_ref})
+        logger.info(
+            "spawning worker %s for %s on %s:%d",
+            worker.id,
+            worker.model_ref,
+            backend,
+            device,
+            extra={"action": "worker_spawn", "worker_id": worker.id, "model": worker.model_ref},
+        )
         return worker.info()
 
     def _new_worker(
@@ -195,8 +212,14 @@ class Pool:
         worker_id = f"w-{secrets.token_hex(4)}"
         port = self._allocate_port(None)
         worker = Worker(
-            id=worker_id, model_ref=model_ref, backend=backend, device=device,
-            n_ctx=request.n_ctx, slots=request.slots, port=port, url=self._url(port),
+            id=worker_id,
+            model_ref=model_ref,
+            backend=backend,
+            device=device,
+            n_ctx=request.n_ctx,
+            slots=request.slots,
+            port=port,
+            url=self._url(port),
             slots_total=request.slots or 1,
         )
         self.workers[worker_id] = worker
@@ -249,11 +272,19 @@ class Pool:
                 await self._discard(record)
                 continue
             worker = Worker(
-                id=record.id, model_ref=record.model_ref, backend=record.backend,
-                device=record.device, n_ctx=record.n_ctx, slots=record.slots,
-                port=record.port, url=record.url, restarts=record.restarts,
-                model_path=entry.path, model_size=entry.size or 0,
-                slots_total=readiness.slots_total, slots_busy=readiness.slots_busy,
+                id=record.id,
+                model_ref=record.model_ref,
+                backend=record.backend,
+                device=record.device,
+                n_ctx=record.n_ctx,
+                slots=record.slots,
+                port=record.port,
+                url=record.url,
+                restarts=record.restarts,
+                model_path=entry.path,
+                model_size=entry.size or 0,
+                slots_total=readiness.slots_total,
+                slots_busy=readiness.slots_busy,
             )
             worker.process = AdoptedProcess(record.pid)
             if readiness.ready:
@@ -261,8 +292,12 @@ class Pool:
                 worker.state = "busy" if readiness.slots_busy else "idle"
             self.workers[worker.id] = worker
             worker.task = asyncio.create_task(self._supervise(worker, worker.process))
-            logger.info("adopted worker %s (pid %d)", worker.id, record.pid,
-                        extra={"action": "worker_adopted", "worker_id": worker.id})
+            logger.info(
+                "adopted worker %s (pid %d)",
+                worker.id,
+                record.pid,
+                extra={"action": "worker_adopted", "worker_id": worker.id},
+            )
 
     async def _probe(self, record: WorkerRecord) -> Readiness | None:
         if record.pid is None or not is_worker_process(record.pid, record.id):
@@ -281,8 +316,11 @@ class Pool:
         if record.pid is not None and is_worker_process(record.pid, record.id):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGKILL)
-            logger.info("killed unhealthy leftover worker %s", record.id,
-                        extra={"action": "worker_discarded", "worker_id": record.id})
+            logger.info(
+                "killed unhealthy leftover worker %s",
+                record.id,
+                extra={"action": "worker_discarded", "worker_id": record.id},
+            )
         await self.store.delete_worker(record.id)
 
     # the supervisor
@@ -294,8 +332,11 @@ class Pool:
             await self._terminate(worker)
             raise
         except Exception:
-            logger.exception("supervisor of worker %s crashed", worker.id,
-                             extra={"action": "supervisor_error", "worker_id": worker.id})
+            logger.exception(
+                "supervisor of worker %s crashed",
+                worker.id,
+                extra={"action": "supervisor_error", "worker_id": worker.id},
+            )
             await self._terminate(worker)
             await self._fail(worker, "its supervisor hit an internal error")
 
@@ -310,9 +351,12 @@ class Pool:
             outcome = await self._monitor(worker, process)
             process = None
             if outcome == "idle":
-                logger.info("worker %s idle for %g s: stopping", worker.id,
-                            self.settings.worker_idle_timeout_s,
-                            extra={"action": "worker_idle_stop", "worker_id": worker.id})
+                logger.info(
+                    "worker %s idle for %g s: stopping",
+                    worker.id,
+                    self.settings.worker_idle_timeout_s,
+                    extra={"action": "worker_idle_stop", "worker_id": worker.id},
+                )
                 await self._terminate(worker)
                 await self._forget(worker)
                 return
@@ -325,8 +369,9 @@ class Pool:
     async def _provision(self, worker: Worker) -> bool:
         try:
             entry = await self.provisioner.ensure(parse_model_ref(worker.model_ref))
-            preflight(await self.resources.capabilities(), worker.backend, worker.device,
-                      entry.size)
+            preflight(
+                await self.resources.capabilities(), worker.backend, worker.device, entry.size
+            )
         except RbeeError as exc:
             await self._fail(worker, f"its model could not be provisioned: {exc.message}")
             return False
@@ -340,23 +385,45 @@ class Pool:
         worker.state, worker.slots_busy = "loading", 0
         worker.ready.clear()
         process = await start_worker(
-            self.settings.worker_command, self._args(worker), worker_env(self.settings),
+            self.settings.worker_command,
+            self._args(worker),
+            worker_env(self.settings),
             self.settings.logs_dir / f"worker-{worker.id}.log",
         )
         worker.process = process
         await self.store.put_worker(worker.record())
-        logger.info("worker %s started (pid %d, port %d)", worker.id, process.pid, worker.port,
-                    extra={"action": "worker_started", "worker_id": worker.id,
-                           "pid": process.pid, "port": worker.port})
+        logger.info(
+            "worker %s started (pid %d, port %d)",
+            worker.id,
+            process.pid,
+            worker.port,
+            extra={
+                "action": "worker_started",
+                "worker_id": worker.id,
+                "pid": process.pid,
+                "port": worker.port,
+            },
+        )
         return process
 
     def _args(self, worker: Worker) -> list[str]:
         args = [
-            "--worker-id", worker.id, "--model", worker.model_path or "",
-            "--model-ref", worker.model_ref, "--backend", worker.backend,
-            "--device", str(worker.device), "--port", str(worker.port),
-            "--host", self._worker_host(),
-            "--callback-url", self.settings.base_url + "/v1/workers/ready",
+            "--worker-id",
+            worker.id,
+            "--model",
+            worker.model_path or "",
+            "--model-ref",
+            worker.model_ref,
+            "--backend",
+            worker.backend,
+            "--device",
+            str(worker.device),
+            "--port",
+            str(worker.port),
+            "--host",
+            self._worker_host(),
+            "--callback-url",
+            self.settings.base_url + "/v1/workers/ready",
         ]
         if worker.n_ctx is not None:
             args += ["--n-ctx", str(worker.n_ctx)]
@@ -382,8 +449,9 @@ class Pool:
                     await self._fail(worker, f"it was not ready within {budget:g} s and was killed")
                     return False
                 tick = min(remaining, settings.health_check_interval_s)
-                await asyncio.wait({exited, ready}, timeout=tick,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {exited, ready}, timeout=tick, return_when=asyncio.FIRST_COMPLETED
+                )
                 if exited.done() and not ready.done():
                     status = exited.result()
                     await self._fail(worker, f"it exited with status {status} while loading")
@@ -394,8 +462,11 @@ class Pool:
             for task in (exited, ready):
                 task.cancel()
         worker.state, worker.last_active = "idle", time.monotonic()
-        logger.info("worker %s is ready", worker.id,
-                    extra={"action": "worker_ready", "worker_id": worker.id})
+        logger.info(
+            "worker %s is ready",
+            worker.id,
+            extra={"action": "worker_ready", "worker_id": worker.id},
+        )
         return True
 
     async def _monitor(self, worker: Worker, process: WorkerProcess) -> Outcome:
@@ -408,17 +479,27 @@ class Pool:
                 if exited.done():
                     status = exited.result()
                     if status == 0:
-                        logger.info("worker %s exited by itself", worker.id,
-                                    extra={"action": "worker_exited", "worker_id": worker.id})
+                        logger.info(
+                            "worker %s exited by itself",
+                            worker.id,
+                            extra={"action": "worker_exited", "worker_id": worker.id},
+                        )
                         return "exited"
-                    logger.warning("worker %s crashed (status %s)", worker.id, status,
-                                   extra={"action": "worker_crashed", "worker_id": worker.id})
+                    logger.warning(
+                        "worker %s crashed (status %s)",
+                        worker.id,
+                        status,
+                        extra={"action": "worker_crashed", "worker_id": worker.id},
+                    )
                     return "crashed"
                 failures = 0 if await self._health_check(worker) else failures + 1
                 if failures >= settings.health_check_failures:
-                    logger.warning("worker %s failed %d health checks: killing it", worker.id,
-                                   failures, extra={"action": "worker_unhealthy",
-                                                    "worker_id": worker.id})
+                    logger.warning(
+                        "worker %s failed %d health checks: killing it",
+                        worker.id,
+                        failures,
+                        extra={"action": "worker_unhealthy", "worker_id": worker.id},
+                    )
                     process.send(signal.SIGKILL)
                     await exited
                     return "crashed"
@@ -481,16 +562,21 @@ class Pool:
         window = self.settings.restart_window_s
         worker.restart_times = [t for t in worker.restart_times if now - t < window]
         if len(worker.restart_times) >= self.settings.restart_limit:
-            await self._fail(worker, f"it crashed more than {self.settings.restart_limit} times "
-                               f"in {window:g} s")
+            await self._fail(
+                worker, f"it crashed more than {self.settings.restart_limit} times in {window:g} s"
+            )
             return False
         delay = self.settings.restart_backoff_s * 2 ** len(worker.restart_times)
         worker.restart_times.append(now)
         worker.state, worker.process = "loading", None
         await asyncio.sleep(delay)
         worker.restarts += 1
-        logger.info("restarting worker %s (restart %d)", worker.id, worker.restarts,
-                    extra={"action": "worker_restart", "worker_id": worker.id})
+        logger.info(
+            "restarting worker %s (restart %d)",
+            worker.id,
+            worker.restarts,
+            extra={"action": "worker_restart", "worker_id": worker.id},
+        )
         return True
 
     async def _terminate(self, worker: Worker) -> None:
@@ -503,9 +589,12 @@ class Pool:
         try:
             await asyncio.wait_for(process.wait(), self.settings.drain_timeout_s)
         except TimeoutError:
-            logger.warning("worker %s did not stop in %g s: SIGKILL", worker.id,
-                           self.settings.drain_timeout_s,
-                           extra={"action": "worker_killed", "worker_id": worker.id})
+            logger.warning(
+                "worker %s did not stop in %g s: SIGKILL",
+                worker.id,
+                self.settings.drain_timeout_s,
+                extra={"action": "worker_killed", "worker_id": worker.id},
+            )
             process.send(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), 5)
@@ -513,8 +602,13 @@ class Pool:
     async def _fail(self, worker: Worker, reason: str) -> None:
         """`failed` stays listed until deleted; no process is left to adopt."""
         worker.state, worker.slots_busy, worker.process = "failed", 0, None
-        logger.error("worker %s failed: %s; see logs/worker-%s.log", worker.id, reason,
-                     worker.id, extra={"action": "worker_failed", "worker_id": worker.id})
+        logger.error(
+            "worker %s failed: %s; see logs/worker-%s.log",
+            worker.id,
+            reason,
+            worker.id,
+            extra={"action": "worker_failed", "worker_id": worker.id},
+        )
         with contextlib.suppress(Exception):
             await self.store.delete_worker(worker.id)
 

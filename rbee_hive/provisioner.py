@@ -150,8 +150,12 @@ class Provisioner:
         entries = await self.store.models()
         if bundled_available() and not any(e.id == BUNDLED_ALIAS for e in entries):
             entries.append(
-                CatalogEntry(id=BUNDLED_ALIAS, model_ref=BUNDLED_ALIAS, alias=BUNDLED_ALIAS,
-                             state="available")
+                CatalogEntry(
+                    id=BUNDLED_ALIAS,
+                    model_ref=BUNDLED_ALIAS,
+                    alias=BUNDLED_ALIAS,
+                    state="available",
+                )
             )
         return sorted(entries, key=lambda e: e.id)
 
@@ -224,8 +228,12 @@ class Provisioner:
                 entry = await self._provision(download, ref)
             download.finish(entry, None)
         except RbeeError as exc:
-            logger.warning("download of %s failed: %s", ref.raw, exc.message,
-                           extra={"action": "download_failed", "model": ref.raw})
+            logger.warning(
+                "download of %s failed: %s",
+                ref.raw,
+                exc.message,
+                extra={"action": "download_failed", "model": ref.raw},
+            )
             download.finish(None, exc)
         except asyncio.CancelledError:
             download.finish(None, DownloadFailed("The hive stopped during the download."))
@@ -261,14 +269,22 @@ class Provisioner:
             await asyncio.to_thread(path.unlink, missing_ok=True)
             raise DownloadFailed(f"The downloaded file is not a GGUF model: {exc}.") from None
         entry = CatalogEntry(
-            id=model_id, model_ref=model_ref, alias=alias, state="ready", path=str(path),
-            size=meta.size, sha256=sha, architecture=meta.architecture,
-            context_length=meta.context_length, parameter_count=meta.parameter_count,
+            id=model_id,
+            model_ref=model_ref,
+            alias=alias,
+            state="ready",
+            path=str(path),
+            size=meta.size,
+            sha256=sha,
+            architecture=meta.architecture,
+            context_length=meta.context_length,
+            parameter_count=meta.parameter_count,
             downloaded_at=datetime.now(UTC),
         )
         await self.store.put_model(entry)
-        logger.info("model %s is ready", model_id,
-                    extra={"action": "download_done", "model": model_ref})
+        logger.info(
+            "model %s is ready", model_id, extra={"action": "download_done", "model": model_ref}
+        )
         return entry
 
     async def _assemble_bundled(self, download: Download, final: Path) -> str:
@@ -289,8 +305,9 @@ class Provisioner:
 
     async def _import_file(self, download: Download, source: Path, final: Path) -> str:
         if not file_exists(source):
-            raise ModelNotFound("No GGUF file exists at the path of the file: reference.",
-                                param="model_ref")
+            raise ModelNotFound(
+                "No GGUF file exists at the path of the file: reference.", param="model_ref"
+            )
         if not await asyncio.to_thread(looks_like_gguf, source):
             raise DownloadFailed("The file named by the file: reference is not a GGUF model.")
         size = file_size(source)
@@ -312,8 +329,12 @@ class Provisioner:
                 part.replace(final)
                 return sha
             part.unlink(missing_ok=True)
-            logger.warning("checksum mismatch for %s (try %d)", source.ref.raw, checksum_try + 1,
-                           extra={"action": "checksum_mismatch", "model": source.ref.raw})
+            logger.warning(
+                "checksum mismatch for %s (try %d)",
+                source.ref.raw,
+                checksum_try + 1,
+                extra={"action": "checksum_mismatch", "model": source.ref.raw},
+            )
         raise ChecksumMismatch(
             "The downloaded file's sha256 does not match the expected one, twice; "
             "check the reference's checksum."
@@ -328,9 +349,13 @@ class Provisioner:
                 await asyncio.sleep(settings.download_backoff_s * 2 ** (attempt - 1))
             try:
                 await fetch(
-                    self.client, source.url or "", part, headers=dict(source.headers),
+                    self.client,
+                    source.url or "",
+                    part,
+                    headers=dict(source.headers),
                     stall_timeout_s=settings.download_stall_timeout_s,
-                    progress=download.progress, source=source.label,
+                    progress=download.progress,
+                    source=source.label,
                 )
                 size = file_size(part)
                 download.progress(size, size, force=True)
@@ -338,8 +363,13 @@ class Provisioner:
             except Retryable as exc:
                 stalls += exc.stalled
                 last = exc.reason
-                logger.warning("download attempt %d of %s failed: %s", attempt + 1,
-                               source.ref.raw, exc.reason, extra={"action": "download_retry"})
+                logger.warning(
+                    "download attempt %d of %s failed: %s",
+                    attempt + 1,
+                    source.ref.raw,
+                    exc.reason,
+                    extra={"action": "download_retry"},
+                )
         if stalls == settings.download_attempts:
             raise DownloadTimeout(
                 f"The download stalled for {settings.download_stall_timeout_s:g} s on each of "

@@ -23,6 +23,14 @@ BAD_REFS = [
 ]
 
 
+def size_of(path: Path) -> int | None:
+    return path.stat().st_size if path.exists() else None
+
+
+def content(path: Path) -> bytes:
+    return path.read_bytes()
+
+
 def error(response: httpx.Response) -> dict[str, Any]:
     body: dict[str, Any] = response.json()["error"]
     return body
@@ -131,12 +139,12 @@ async def test_file_import_fills_the_catalog_from_gguf_metadata(
     assert entry["state"] == "ready"
     assert entry["model_ref"] == f"file:{tiny_model}"
     assert (entry["architecture"], entry["context_length"]) == ("llama", 4096)
-    assert entry["size"] == tiny_model.stat().st_size
+    assert entry["size"] == size_of(tiny_model)
     assert entry["parameter_count"] > 300_000
-    assert Path(entry["path"]).read_bytes() == tiny_model.read_bytes()
+    assert content(Path(entry["path"])) == content(tiny_model)
     gone = await hive_client.delete("/v1/models/tiny-llama-v1")
     assert gone.status_code == 204
-    assert not Path(entry["path"]).exists()
+    assert size_of(Path(entry["path"])) is None
     again = await hive_client.delete("/v1/models/tiny-llama-v1")
     assert (again.status_code, error(again)["code"]) == (404, "MODEL_NOT_FOUND")
 
@@ -180,4 +188,4 @@ async def test_bundled_model_is_available_then_ready(hive_client: httpx.AsyncCli
     assert entry["state"] == "ready"
     assert entry["architecture"] == "gemma3"
     assert entry["sha256"] == ("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")
-    assert Path(entry["path"]).stat().st_size == entry["size"]
+    assert size_of(Path(entry["path"])) == entry["size"]

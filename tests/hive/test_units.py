@@ -58,7 +58,9 @@ def test_defaults_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (defaults.restart_limit, defaults.download_attempts) == (3, 5)
     assert defaults.worker_command.endswith("llm-worker-rbee")
     hive_id = default_hive_id()
-    assert hive_id and all(c.isalnum() and c.islower() or c.isdigit() or c == "-" for c in hive_id)
+    assert hive_id and all(
+        (c.isalnum() and c.islower()) or c.isdigit() or c == "-" for c in hive_id
+    )
     with pytest.raises(ConfigError, match="hive_id"):
         HiveSettings.load(hive_id="Not_DNS_Safe")
     with pytest.raises(ConfigError, match="queen_url"):

@@ -18,6 +18,7 @@ from tests.queen.stack import (
     run_task,
     start_hive,
     start_queen,
+    started,
 )
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ def test_cold_start_then_two_hives_share_the_work_and_a_dead_hive_gets_none(
         what="a ready worker on each hive",
     )
     by_hive = {w["id"]: w["hive_id"] for w in queen_workers(queen)}
-    served = [run_task(queen, model)[0]["worker_id"] for _ in range(6)]
+    served = [started(run_task(queen, model))["worker_id"] for _ in range(6)]
     assert {by_hive[w] for w in served} == {"h1", "h2"}
 
     # A hive that dies stops receiving work within 15 s (its worker lives on as an orphan).
@@ -61,7 +62,7 @@ def test_cold_start_then_two_hives_share_the_work_and_a_dead_hive_gets_none(
     killed = time.monotonic()
     wait_until(lambda: hive_state(queen, "h1") == "stale", timeout=15, what="h1 stale")
     assert time.monotonic() - killed < 15
-    served = [run_task(queen, model)[0]["worker_id"] for _ in range(4)]
+    served = [started(run_task(queen, model))["worker_id"] for _ in range(4)]
     assert {by_hive[w] for w in served} == {"h2"}
     assert h2.proc.poll() is None
 
@@ -73,7 +74,7 @@ def test_a_restarted_queen_keeps_its_hives_and_their_running_workers(
     hive = start_hive(processes, queen, "h1", tmp_path / "h1")
     model = f"file:{tiny_model}"
     before = run_task(queen, model)
-    worker_id = before[0]["worker_id"]
+    worker_id = started(before)["worker_id"]
     hive_workers = httpx.get(hive.url + "/v1/workers").json()["data"]
     pid = hive_workers[0]["pid"]
 
@@ -88,6 +89,6 @@ def test_a_restarted_queen_keeps_its_hives_and_their_running_workers(
         what="the running worker seen again",
     )
     after = run_task(queen, model)
-    assert after[0]["worker_id"] == worker_id and after[-2]["type"] == "end"
+    assert started(after)["worker_id"] == worker_id and after[-2]["type"] == "end"
     again = httpx.get(hive.url + "/v1/workers").json()["data"]
     assert [(w["id"], w["pid"]) for w in again] == [(worker_id, pid)]

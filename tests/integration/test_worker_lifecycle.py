@@ -132,7 +132,7 @@ def test_model_that_fails_to_load_exits_nonzero_with_a_clear_line(
 ) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 64)
-    worker = start_worker(processes, broken, ready=False)
+    worker = start_worker(processes, broken, healthy=False, ready=False)
     assert worker.wait_exit(timeout=20) != 0
     assert "model failed to load" in worker.log()
 

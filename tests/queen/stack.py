@@ -124,3 +124,10 @@ def run_task(queen: Service, model: str, prompt: str = "Hello", max_tokens: int 
     with httpx.stream("POST", queen.url + "/v2/tasks", json=body, timeout=60) as response:
         assert response.status_code == 200, response.read()
         return data_events(list(sse_lines(response)))
+
+
+def started(events: list[Any]) -> dict[str, Any]:
+    found: dict[str, Any] = next(
+        e for e in events if isinstance(e, dict) and e["type"] == "started"
+    )
+    return found
