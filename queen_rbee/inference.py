@@ -243,16 +243,17 @@ class Inference:
 
     async def _complete(self, call: Call, job: Job) -> Response:
         try:
-            opened = await self.open(call, WaitStatus(), job)
+            async with asyncio.timeout_at(call.deadline):
+                opened = await self._open(call, WaitStatus(), job)
+                try:
+                    body = opened.first + await opened.response.read()
+                    opened.finished = True
+                except TransportErrors:
+                    raise WorkerFailed("The worker broke off while answering.") from None
+                finally:
+                    opened.close(self.upstream, self.worker_headers())
         except TimeoutError:
             raise DeadlineExceeded() from None
-        try:
-            body = opened.first + await opened.response.read()
-            opened.finished = True
-        except TransportErrors:
-            raise WorkerFailed("The worker broke off while answering.") from None
-        finally:
-            opened.close(self.upstream, self.worker_headers())
         self._count_usage(call.model, body)
         self.metrics.e2e.labels(call.model).observe(time.perf_counter() - call.arrived)
         return Response(

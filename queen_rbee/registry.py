@@ -141,6 +141,10 @@ class Registry:
             raise HiveNotFound(f"Hive '{hive_id}' is not registered.")
         return hive
 
+    def workers_of(self, hive_id: str) -> list[WorkerInfo]:
+        hive = self._hives.get(hive_id)
+        return list(hive.workers) if hive else []
+
     def info(self, hive: Hive) -> HiveInfo:
         return HiveInfo(
             id=hive.id,

@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from rbee_hive.hive import Hive
+from rbee_hive.metrics import HiveCollector
 from rbee_hive.routes import models, system, workers
 from rbee_hive.settings import HiveSettings
 from shared.auth import Audience, Authenticator, Role, rule
@@ -30,6 +32,9 @@ def create_app(settings: HiveSettings | None = None) -> FastAPI:
         authenticator: Authenticator = app.state.authenticator
         hive = await Hive.start(settings, lambda: authenticator.credentials)
         app.state.hive = hive
+        registry: CollectorRegistry = app.state.registry
+        collector = HiveCollector(hive)
+        registry.register(collector)
         app.state.on_stop_signal = hive.begin_shutdown
         try:
             yield

@@ -38,6 +38,7 @@ class Hive:
     client: httpx.AsyncClient
     heartbeat: HeartbeatLoop | None = None
     heartbeat_task: asyncio.Task[None] | None = None
+    _downloads_closed: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: HiveSettings, credentials: Callable[[], Credentials]) -> Hive:
@@ -85,9 +86,14 @@ class Hive:
         )
 
     def begin_shutdown(self) -> None:
-        """From the stop signal or `POST /v1/shutdown`: workers start stopping now."""
+        """From the stop signal or `POST /v1/shutdown`: workers start stopping now, and
+        running downloads end (their streams get an error event), so open streams do not
+        hold up the exit."""
+        if self.pool.closing:
+            return
         logger.info("stopping all workers", extra={"action": "hive_shutdown"})
         self.pool.begin_close()
+        self._downloads_closed = asyncio.create_task(self.provisioner.close())
 
     async def close(self) -> None:
         await self.pool.begin_close()

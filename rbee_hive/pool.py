@@ -49,7 +49,13 @@ from rbee_hive.resources import (
     preflight,
 )
 from rbee_hive.settings import HiveSettings
-from shared.errors import NoCapacity, RbeeError, ValidationError, WorkerNotFound
+from shared.errors import (
+    NoCapacity,
+    RbeeError,
+    ShuttingDown,
+    ValidationError,
+    WorkerNotFound,
+)
 from shared.modelref import parse_model_ref
 from shared.workers import (
     Readiness,
@@ -153,6 +159,7 @@ class Pool:
         self.token = token
         self.workers: dict[str, Worker] = {}
         self.closing = False
+        self.restarts_total = 0
         self._close_task: asyncio.Task[None] | None = None
 
     # queries
@@ -174,7 +181,7 @@ class Pool:
     async def spawn(self, request: SpawnRequest) -> WorkerInfo:
         """Preflight, then hand the worker to its supervisor; returns at once (202)."""
         if self.closing:
-            raise NoCapacity("The hive is shutting down and spawns no workers.")
+            raise ShuttingDown("The hive is shutting down and spawns no workers.")
         ref = parse_model_ref(request.model_ref, param="model_ref")
         if request.backend is not None:
             check_backend_name(request.backend)
@@ -345,7 +352,11 @@ class Pool:
             return
         while True:
             if process is None:
-                process = await self._launch(worker)
+                try:
+                    process = await self._launch(worker)
+                except OSError as exc:
+                    await self._fail(worker, f"the worker command did not start ({exc.strerror})")
+                    return
             if not worker.ready.is_set() and not await self._await_ready(worker, process):
                 return
             outcome = await self._monitor(worker, process)
@@ -384,12 +395,20 @@ class Pool:
         worker.url = self._url(worker.port)
         worker.state, worker.slots_busy = "loading", 0
         worker.ready.clear()
-        process = await start_worker(
-            self.settings.worker_command,
-            self._args(worker),
-            worker_env(self.settings),
-            self.settings.logs_dir / f"worker-{worker.id}.log",
+        launch = asyncio.ensure_future(
+            start_worker(
+                self.settings.worker_command,
+                self._args(worker),
+                worker_env(self.settings),
+                self.settings.logs_dir / f"worker-{worker.id}.log",
+            )
         )
+        try:
+            process = await asyncio.shield(launch)
+        except asyncio.CancelledError:
+            # Stopped while starting: finish the start so the process can be stopped too.
+            worker.process = await launch
+            raise
         worker.process = process
         await self.store.put_worker(worker.record())
         logger.info(
@@ -571,6 +590,7 @@ class Pool:
         worker.state, worker.process = "loading", None
         await asyncio.sleep(delay)
         worker.restarts += 1
+        self.restarts_total += 1
         logger.info(
             "restarting worker %s (restart %d)",
             worker.id,

@@ -140,6 +140,7 @@ class Provisioner:
         self.client = client
         self._active: dict[str, Download] = {}
         self.downloads_started = 0
+        self.bytes_fetched = 0
 
     @property
     def models_dir(self) -> Path:
@@ -347,6 +348,7 @@ class Provisioner:
         for attempt in range(settings.download_attempts):
             if attempt:
                 await asyncio.sleep(settings.download_backoff_s * 2 ** (attempt - 1))
+            before = file_size(part)
             try:
                 await fetch(
                     self.client,
@@ -358,9 +360,11 @@ class Provisioner:
                     source=source.label,
                 )
                 size = file_size(part)
+                self.bytes_fetched += max(0, size - before)
                 download.progress(size, size, force=True)
                 return
             except Retryable as exc:
+                self.bytes_fetched += max(0, file_size(part) - before)
                 stalls += exc.stalled
                 last = exc.reason
                 logger.warning(

@@ -65,5 +65,9 @@ async def remove_hive(hive_id: HiveId, queen: QueenDep) -> Response:
 
 @router.post("/v2/hives/{hive_id}/heartbeat")
 async def heartbeat(hive_id: HiveId, body: HeartbeatBody, queen: QueenDep) -> dict[str, str]:
+    seen = {w.id: w.restarts for w in queen.registry.workers_of(hive_id)}
     hive = await queen.registry.heartbeat(hive_id, body)
+    restarts = sum(max(0, w.restarts - seen.get(w.id, w.restarts)) for w in body.workers)
+    if restarts:
+        queen.metrics.restarts.labels(hive_id).inc(restarts)
     return {"status": queen.registry.state_of(hive)}

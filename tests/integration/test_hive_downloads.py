@@ -187,3 +187,26 @@ def test_hf_refusal_says_to_set_hf_token(hive: Service, files: FileServer) -> No
         files.hf_status = 200
     assert end["type"] == "error", end
     assert "HF_TOKEN" in end["message"], end
+
+
+def test_spawn_of_a_model_not_on_disk_downloads_it_first(hive: Service, files: FileServer) -> None:
+    ref = f"{files.url}/ok/spawned.gguf"
+    response = httpx.post(hive.url + "/v1/workers/spawn", json={"model_ref": ref}, timeout=10)
+    assert response.status_code == 202, response.text
+    worker = response.json()
+    assert worker["state"] == "downloading"
+    seen = set()
+
+    def idle() -> bool:
+        body = httpx.get(f"{hive.url}/v1/workers/{worker['id']}", timeout=5).json()
+        seen.add(body["state"])
+        assert body["state"] != "failed", body
+        return bool(body["state"] == "idle")
+
+    wait_until(idle, timeout=30, interval=0.02, what="downloaded worker idle")
+    assert "loading" in seen
+    assert files.count("/ok/spawned.gguf") == 1
+    metrics = httpx.get(hive.url + "/metrics").text
+    assert 'rbee_workers{state="idle"} 1.0' in metrics
+    assert "rbee_downloaded_bytes_total" in metrics
+    assert httpx.delete(f"{hive.url}/v1/workers/{worker['id']}", timeout=30).status_code == 204

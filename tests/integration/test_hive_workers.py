@@ -287,7 +287,8 @@ def test_worker_of_a_killed_hive_exits_when_the_grace_ends(
     killed_at = time.monotonic()
     assert pid_alive(pid)  # it keeps serving while it may still be adopted
     wait_until(lambda: not pid_alive(pid), timeout=grace + 10, what="orphan exit")
-    assert time.monotonic() - killed_at >= grace - 0.5
+    # It lived on for about the grace period (the worker checks every 0.5 s).
+    assert time.monotonic() - killed_at >= grace - 1.0
     assert worker_pids(worker["id"]) == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,4 +215,47 @@ def test_a_full_queue_answers_503_with_retry_after(one: tuple[Service, Service])
     waiter.join(60)
     assert outcome["waiter"][0].startswith(": queued position=1")
     assert data_events(outcome["waiter"])[-1] == "[DONE]"
+    wait_until(lambda: slots_busy(worker) == 0, timeout=5, what="slot free")
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_gets_504(
+    one: tuple[Service, Service],
+) -> None:
+    queen, worker = one
+    long_body = {"model": "tiny", "prompt": "story", "max_tokens": LONG, "stream": True}
+    streaming = threading.Event()
+
+    def hold() -> None:
+        with httpx.stream("POST", queen.url + "/v1/completions", json=long_body, timeout=60) as r:
+            for _ in sse_lines(r):
+                streaming.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert streaming.wait(10)
+    deadline = datetime.now(UTC) + timedelta(seconds=1)
+    header = {"X-Request-Deadline": deadline.isoformat()}
+    asked = time.monotonic()
+    late = httpx.post(
+        queen.url + "/v1/completions",
+        headers=header,
+        timeout=10,
+        json={"model": "tiny", "prompt": "x", "max_tokens": 2},
+    )
+    assert late.status_code == 504 and late.json()["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert time.monotonic() - asked < 3
+    # Streaming: the wait already began with 200, so the deadline is an error event.
+    deadline = datetime.now(UTC) + timedelta(seconds=1)
+    header = {"X-Request-Deadline": deadline.isoformat()}
+    with httpx.stream(
+        "POST",
+        queen.url + "/v1/completions",
+        headers=header,
+        timeout=10,
+        json={"model": "tiny", "prompt": "x", "max_tokens": 2, "stream": True},
+    ) as r:
+        assert r.status_code == 200
+        events = data_events(list(sse_lines(r)))
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "DEADLINE_EXCEEDED"
+    holder.join(60)
     wait_until(lambda: slots_busy(worker) == 0, timeout=5, what="slot free")

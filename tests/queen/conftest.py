@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from queen_rbee.app import create_app
 from queen_rbee.settings import QueenSettings
@@ -18,13 +19,21 @@ QueenFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
 @asynccontextmanager
-async def running_queen(data_dir: Path, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def running_app(
+    data_dir: Path, **overrides: Any
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = QueenSettings.load(data_dir=data_dir, **overrides)
     app = create_app(settings)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://queen") as client:
-            yield client
+            yield app, client
+
+
+@asynccontextmanager
+async def running_queen(data_dir: Path, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app(data_dir, **overrides) as (_, client):
+        yield client
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from shared.auth import Audience, Role, mint_token
-from tests.queen.conftest import assert_envelope, heartbeat, running_queen
+from tests.queen.conftest import assert_envelope, heartbeat, running_app, running_queen
 
 TINY = "file:/models/tiny.gguf"
 WORKER = {
@@ -374,3 +374,25 @@ async def test_roles_decide_who_may_call_what(tmp_path: Path, jwt_secret: Path) 
         chat = {"model": TINY, "messages": MSGS}
         forbidden = await queen.post(CHAT, json=chat, headers=bearer(Role.CLIENT))
         assert_envelope(forbidden, 403, "FORBIDDEN")
+
+
+async def test_after_the_stop_signal_new_inference_gets_503_shutting_down(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as (app, queen):
+        await queen.put("/v2/hives/h1", json={"url": "http://127.0.0.1:9", "version": "1"})
+        await queen.post("/v2/hives/h1/heartbeat", json=heartbeat(workers=[WORKER]))
+        app.state.on_stop_signal()
+        chat = {"model": TINY, "messages": MSGS}
+        assert_envelope(await queen.post(CHAT, json=chat), 503, "SHUTTING_DOWN")
+        task = {"model": TINY, "prompt": "hi"}
+        assert_envelope(await queen.post("/v2/tasks", json=task), 503, "SHUTTING_DOWN")
+        assert (await queen.get("/health")).status_code == 200
+
+
+async def test_worker_restarts_reported_by_heartbeats_are_counted(
+    queen: httpx.AsyncClient,
+) -> None:
+    await queen.put("/v2/hives/h1", json={"url": "http://127.0.0.1:9", "version": "1"})
+    await queen.post("/v2/hives/h1/heartbeat", json=heartbeat(workers=[WORKER]))
+    await queen.post("/v2/hives/h1/heartbeat", json=heartbeat(workers=[{**WORKER, "restarts": 2}]))
+    text = (await queen.get("/metrics")).text
+    assert 'rbee_worker_restarts_total{hive_id="h1"} 2.0' in text
