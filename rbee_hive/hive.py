@@ -72,12 +72,13 @@ class Hive:
         return hive
 
     async def snapshot(self) -> Heartbeat:
+        # Every name this hive can serve without a download: files in the catalog, and
+        # the bundled quick-start model (assembled locally in seconds when first used).
         models = set()
         for entry in await self.provisioner.catalog():
-            if entry.state == "ready":
-                models.add(entry.model_ref)
-                if entry.alias:
-                    models.add(entry.alias)
+            models.add(entry.model_ref)
+            if entry.alias:
+                models.add(entry.alias)
         return Heartbeat(
             url=self.settings.base_url,
             workers=self.pool.infos(),

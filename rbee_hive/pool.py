@@ -26,13 +26,13 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
 import httpx
 
 from rbee_hive.catalog import Store, WorkerRecord
+from rbee_hive.probes import WorkerProbe
 from rbee_hive.process import (
     AdoptedProcess,
     WorkerProcess,
@@ -49,6 +49,7 @@ from rbee_hive.resources import (
     preflight,
 )
 from rbee_hive.settings import HiveSettings
+from rbee_hive.worker import Worker, launch_args, worker_env
 from shared.errors import (
     NoCapacity,
     RbeeError,
@@ -57,14 +58,7 @@ from shared.errors import (
     WorkerNotFound,
 )
 from shared.modelref import parse_model_ref
-from shared.workers import (
-    Readiness,
-    ReadyCallback,
-    Slots,
-    SpawnRequest,
-    WorkerInfo,
-    WorkerState,
-)
+from shared.workers import Readiness, ReadyCallback, SpawnRequest, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -72,73 +66,6 @@ GIB = 1024**3
 MAX_PORT_SCAN = 1000
 Outcome = Literal["crashed", "idle", "exited"]
 TokenSource = Callable[[], str | None]
-
-
-@dataclass
-class Worker:
-    id: str
-    model_ref: str
-    backend: str
-    device: int
-    n_ctx: int | None
-    slots: int | None
-    port: int
-    url: str
-    state: WorkerState = "loading"
-    model_path: str | None = None
-    model_size: int = 0
-    process: WorkerProcess | None = None
-    slots_total: int = 1
-    slots_busy: int = 0
-    restarts: int = 0
-    restart_times: list[float] = field(default_factory=list)
-    last_health_check: datetime | None = None
-    last_active: float = field(default_factory=time.monotonic)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-    def info(self) -> WorkerInfo:
-        return WorkerInfo(
-            id=self.id,
-            state=self.state,
-            pid=self.process.pid if self.process else None,
-            port=self.port,
-            url=self.url,
-            model=self.model_ref,
-            backend=self.backend,
-            device=self.device,
-            slots=Slots(total=self.slots_total, busy=self.slots_busy),
-            restarts=self.restarts,
-            last_health_check=self.last_health_check,
-        )
-
-    def record(self) -> WorkerRecord:
-        return WorkerRecord(
-            id=self.id,
-            model_ref=self.model_ref,
-            backend=self.backend,
-            device=self.device,
-            pid=self.process.pid if self.process else None,
-            port=self.port,
-            url=self.url,
-            n_ctx=self.n_ctx,
-            slots=self.slots,
-            restarts=self.restarts,
-        )
-
-
-def worker_env(settings: HiveSettings) -> dict[str, str]:
-    """The hive's environment, plus its credentials in the worker's own variables."""
-    env = dict(os.environ)
-    if settings.api_key_file is not None:
-        env["RBEE_WORKER_API_KEY_FILE"] = str(settings.api_key_file.resolve())
-    if settings.jwt_secret_file is not None:
-        env["RBEE_WORKER_JWT_SECRET_FILE"] = str(settings.jwt_secret_file.resolve())
-    if settings.jwt_public_key_file is not None:
-        env["RBEE_WORKER_JWT_PUBLIC_KEY_FILE"] = str(settings.jwt_public_key_file.resolve())
-    if settings.api_key is not None:
-        env["RBEE_API_KEY"] = settings.api_key.get_secret_value()
-    return env
 
 
 class Pool:
@@ -155,8 +82,7 @@ class Pool:
         self.store = store
         self.provisioner = provisioner
         self.resources = resources
-        self.client = client
-        self.token = token
+        self.probe = WorkerProbe(client, token, settings.health_check_timeout_s)
         self.workers: dict[str, Worker] = {}
         self.closing = False
         self.restarts_total = 0
@@ -192,11 +118,7 @@ class Pool:
         entry = await self.provisioner.lookup(ref)
         preflight(caps, backend, device, entry.size if entry else None)
         if entry is None:
-            # Unknown aliases fail now, not in the background.
-            from rbee_hive.sources import canonical, resolve
-
-            if canonical(ref)[0].kind == "alias":
-                await resolve(ref)
+            await self.provisioner.precheck(ref)  # unknown aliases fail now, not later
         worker = self._new_worker(entry.model_ref if entry else ref.raw, backend, device, request)
         if entry is None:
             worker.state = "downloading"
@@ -272,8 +194,9 @@ class Pool:
 
     async def adopt_existing(self) -> None:
         """Adopt healthy workers an earlier hive left in hive.db; kill the rest."""
-        for record in await self.store.workers():
-            readiness = await self._probe(record)
+        records = await self.store.workers()
+        probes = await asyncio.gather(*(self._probe(r) for r in records))
+        for record, readiness in zip(records, probes, strict=True):
             entry = await self.store.find_model(record.model_ref)
             if readiness is None or record.pid is None or entry is None:
                 await self._discard(record)
@@ -309,15 +232,12 @@ class Pool:
     async def _probe(self, record: WorkerRecord) -> Readiness | None:
         if record.pid is None or not is_worker_process(record.pid, record.id):
             return None
-        timeout = self.settings.health_check_timeout_s
-        try:
-            health = await self.client.get(record.url + "/health", timeout=timeout)
-            readiness = await self._readiness(record.url)
-        except httpx.HTTPError:
+        if not await self.probe.healthy(record.url):
             return None
-        if not health.is_success or readiness is None:
+        readiness = await self.probe.readiness(record.url)
+        if readiness is None or readiness.model_ref != record.model_ref:
             return None
-        return readiness if readiness.model_ref == record.model_ref else None
+        return readiness
 
     async def _discard(self, record: WorkerRecord) -> None:
         if record.pid is not None and is_worker_process(record.pid, record.id):
@@ -398,7 +318,7 @@ class Pool:
         launch = asyncio.ensure_future(
             start_worker(
                 self.settings.worker_command,
-                self._args(worker),
+                launch_args(worker, self._worker_host(), self.settings.base_url),
                 worker_env(self.settings),
                 self.settings.logs_dir / f"worker-{worker.id}.log",
             )
@@ -424,31 +344,6 @@ class Pool:
             },
         )
         return process
-
-    def _args(self, worker: Worker) -> list[str]:
-        args = [
-            "--worker-id",
-            worker.id,
-            "--model",
-            worker.model_path or "",
-            "--model-ref",
-            worker.model_ref,
-            "--backend",
-            worker.backend,
-            "--device",
-            str(worker.device),
-            "--port",
-            str(worker.port),
-            "--host",
-            self._worker_host(),
-            "--callback-url",
-            self.settings.base_url + "/v1/workers/ready",
-        ]
-        if worker.n_ctx is not None:
-            args += ["--n-ctx", str(worker.n_ctx)]
-        if worker.slots is not None:
-            args += ["--slots", str(worker.slots)]
-        return args
 
     async def _await_ready(self, worker: Worker, process: WorkerProcess) -> bool:
         """Wait for the callback (or a 200 from /v1/ready); False when the worker failed."""
@@ -535,23 +430,14 @@ class Pool:
 
     async def _health_check(self, worker: Worker) -> bool:
         worker.last_health_check = datetime.now(UTC)
-        try:
-            response = await self.client.get(
-                worker.url + "/health", timeout=self.settings.health_check_timeout_s
-            )
-        except httpx.HTTPError:
-            return False
-        if not response.is_success:
+        if not await self.probe.healthy(worker.url):
             return False
         await self._check_readiness(worker)
         return True
 
     async def _check_readiness(self, worker: Worker) -> None:
         """Slots and idle/busy from the worker's readiness probe; sets `ready` on a 200."""
-        try:
-            readiness = await self._readiness(worker.url)
-        except httpx.HTTPError:
-            return
+        readiness = await self.probe.readiness(worker.url)
         if readiness is None or readiness.model_ref != worker.model_ref:
             return
         worker.slots_total, worker.slots_busy = readiness.slots_total, readiness.slots_busy
@@ -561,19 +447,6 @@ class Pool:
             worker.state = "busy" if readiness.slots_busy else "idle"
             if readiness.slots_busy:
                 worker.last_active = time.monotonic()
-
-    async def _readiness(self, url: str) -> Readiness | None:
-        token = self.token()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        response = await self.client.get(
-            url + "/v1/ready", headers=headers, timeout=self.settings.health_check_timeout_s
-        )
-        if response.status_code not in (200, 503):
-            return None
-        try:
-            return Readiness.model_validate(response.json())
-        except ValueError:
-            return None
 
     async def _restart_delay(self, worker: Worker) -> bool:
         """Wait the backoff before a restart; False (and `failed`) past the limit."""

@@ -184,7 +184,7 @@ class Provisioner:
 
     def watch(self, ref: ModelRef) -> Download:
         """Join the download of `ref`, starting it if none runs (never two at once)."""
-        key = canonical(ref)[0].raw
+        key = download_key(ref)
         download = self._active.get(key)
         if download is None:
             download = Download(key)
@@ -322,7 +322,7 @@ class Provisioner:
         return await asyncio.to_thread(sha256_file, final)
 
     async def _download_url(self, download: Download, source: Source, final: Path) -> str:
-        part = final.with_name(final.name + ".part")
+        part = part_path(final, download.key)
         for checksum_try in range(2):
             await self._fetch_with_retries(download, source, part)
             sha = await asyncio.to_thread(sha256_file, part)
@@ -382,6 +382,19 @@ class Provisioner:
         raise DownloadFailed(
             f"The download failed after {settings.download_attempts} attempts; last: {last}."
         )
+
+
+def download_key(ref: ModelRef) -> str:
+    """What makes two requests one download: the source, whatever checksum they name."""
+    real = canonical(ref)[0]
+    return (real.url or real.raw) if real.kind == "url" else real.raw
+
+
+def part_path(final: Path, key: str) -> Path:
+    """Where a download accumulates: the same for the same source (so a restarted hive
+    resumes it), different for different sources that share a file name."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return final.with_name(f"{final.stem}.{digest}.gguf.part")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from rbee_hive.catalog import Store, WorkerRecord, catalog_id
 from rbee_hive.downloads import check_disk
 from rbee_hive.gguf_meta import NotGguf, read_meta
+from rbee_hive.provisioner import Download, download_key, part_path
 from rbee_hive.resources import check_backend_name, default_backend, preflight
 from rbee_hive.settings import HiveSettings, default_hive_id
 from shared.catalog import CatalogEntry
@@ -166,3 +168,32 @@ def test_catalog_ids_are_slugs_and_stay_unique() -> None:
     assert catalog_id(ref, taken_by_other=False) == "llama-3.2-1b.q4_k_m"
     other = catalog_id(ref, taken_by_other=True)
     assert other.startswith("llama-3.2-1b.q4_k_m-") and len(other) == len("llama-3.2-1b.q4_k_m") + 9
+
+
+def test_one_source_is_one_download_whatever_checksum_it_names(tmp_path: Path) -> None:
+    plain = parse_model_ref("https://example.com/m/model.gguf")
+    pinned = parse_model_ref("https://example.com/m/model.gguf#sha256=" + "a" * 64)
+    other = parse_model_ref("https://mirror.example.org/model.gguf")
+    assert download_key(plain) == download_key(pinned) != download_key(other)
+    final = tmp_path / "model.gguf"
+    assert part_path(final, download_key(plain)) == part_path(final, download_key(pinned))
+    assert part_path(final, download_key(plain)) != part_path(final, download_key(other))
+    assert part_path(final, "k").name.endswith(".gguf.part")
+
+
+async def test_download_watchers_get_throttled_progress_keepalives_and_one_end() -> None:
+    download = Download("key")
+    early, late = download.events(keepalive_s=0.05), download.events(keepalive_s=0.05)
+    first = asyncio.ensure_future(anext(early))
+    await asyncio.sleep(0)  # let the first watcher subscribe
+    for done in range(0, 1000, 10):  # a burst: at most one event per 0.25 s goes out
+        download.progress(done, 1000)
+    assert (await first)["bytes"] == 0
+    assert await anext(early) is None  # nothing for a while: a keepalive
+    assert (await anext(late))["bytes"] == 0  # a late watcher starts from the latest
+    entry = CatalogEntry(id="m", model_ref="file:/m.gguf", state="ready")
+    download.finish(entry, None)
+    assert (await anext(early))["type"] == "end"
+    assert (await anext(late))["type"] == "end"
+    after = [e async for e in download.events()]
+    assert [e["type"] for e in after if e] == ["end"]

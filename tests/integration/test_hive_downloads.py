@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from rbee_hive.provisioner import part_path
 from tests.hive.support import FileServer, download, serve_files, sse_events, start_hive
 from tests.procs import Processes, Service, wait_until
 
@@ -79,9 +80,10 @@ def test_part_file_left_by_an_earlier_hive_is_resumed(
     hive: Service, files: FileServer, home: Path
 ) -> None:
     quarter = len(files.payload) // 4
-    part = models_dir(home) / "resume-b.gguf.part"
+    url = f"{files.url}/ok/resume-b.gguf"
+    part = part_path(models_dir(home) / "resume-b.gguf", url)
     part.write_bytes(files.payload[:quarter])
-    end = terminal(download(hive.url, f"{files.url}/ok/resume-b.gguf#sha256={files.sha256}"))
+    end = terminal(download(hive.url, f"{url}#sha256={files.sha256}"))
     assert end["type"] == "end", end
     assert [h.range for h in files.hits if h.path == "/ok/resume-b.gguf"] == [f"bytes={quarter}-"]
     assert Path(end["model"]["path"]).read_bytes() == files.payload

@@ -14,6 +14,7 @@ import httpx
 import jwt
 import pytest
 
+from rbee_hive.sources import bundled_available
 from shared.auth import Audience, Role, mint_token
 from shared.hives import Heartbeat, HiveRegistration
 from tests.hive.support import download, start_hive, write_secret
@@ -118,3 +119,5 @@ def test_hive_registers_and_heartbeats_once_the_queen_appears(
     beat = Heartbeat.model_validate(beats[0][2])
     assert beat.workers == [] and beat.capabilities is not None
     assert f"file:{tiny_model}" in beat.models
+    if bundled_available():  # the quick-start model is listed before its first use
+        assert "gemma3-270m" in beat.models
