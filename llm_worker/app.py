@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from llm_worker.lifecycle import load_model, send_ready_callback, watch_for_orphaning
 from llm_worker.metrics import WorkerMetrics
+from llm_worker.preload import Preload
 from llm_worker.routes import control, inference
 from llm_worker.runtime import WorkerRuntime
 from llm_worker.settings import WorkerSettings
@@ -19,7 +20,8 @@ from shared.service.app_base import build_app
 ACCESS_RULES = [rule("GET", "/v1/ready", Role.HIVE)]
 
 
-def create_app(settings: WorkerSettings | None = None) -> FastAPI:
+def create_app(settings: WorkerSettings | None = None, preload: Preload | None = None) -> FastAPI:
+    """The worker app; `preload` is a model load that `__main__` already started."""
     settings = settings or WorkerSettings.load()
 
     @contextlib.asynccontextmanager
@@ -31,7 +33,7 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
         app.state.on_stop_signal = runtime.drain
         stop = _stopper(app)
         tasks = [
-            asyncio.create_task(_start(app, runtime, stop)),
+            asyncio.create_task(_start(app, runtime, stop, preload)),
             asyncio.create_task(watch_for_orphaning(runtime, stop)),
         ]
         try:
@@ -61,10 +63,12 @@ def _stopper(app: FastAPI) -> Callable[[], None]:
     return stop
 
 
-async def _start(app: FastAPI, runtime: WorkerRuntime, stop: Callable[[], None]) -> None:
+async def _start(
+    app: FastAPI, runtime: WorkerRuntime, stop: Callable[[], None], preload: Preload | None
+) -> None:
     def failed() -> None:
         app.state.exit_code = 1
         stop()
 
-    if await load_model(runtime, failed):
+    if await load_model(runtime, failed, preload):
         await send_ready_callback(runtime, app.state.authenticator.credentials)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from llm_worker.preload import Preload
 from llm_worker.runtime import WorkerRuntime
 from shared.auth import Audience, Credentials, Role
 from shared.workers import ReadyCallback
@@ -26,11 +27,13 @@ from shared.workers import ReadyCallback
 logger = logging.getLogger(__name__)
 
 
-async def load_model(runtime: WorkerRuntime, on_failure: Callable[[], None]) -> bool:
+async def load_model(
+    runtime: WorkerRuntime, on_failure: Callable[[], None], preload: Preload | None = None
+) -> bool:
     settings = runtime.settings
     started = time.perf_counter()
     try:
-        await runtime.load()
+        await runtime.load(preload)
     except Exception as exc:
         runtime.state = "failed"
         logger.error(

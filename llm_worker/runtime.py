@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-import psutil
-
 from llm_worker.channel import Channel
-from llm_worker.engine import (
-    EngineError,
-    Finished,
-    GenerationParams,
-    Model,
-    Slot,
-    gpu_offload_supported,
-)
+from llm_worker.engine import Finished, GenerationParams, Model, Slot
+from llm_worker.preload import Preload
 from llm_worker.settings import WorkerSettings
 from shared.errors import (
     AllSlotsBusy,
-    BackendUnavailable,
     ContextLengthExceeded,
     DeadlineExceeded,
     ShuttingDown,
@@ -43,7 +33,6 @@ from shared.errors import (
 logger = logging.getLogger(__name__)
 
 State = Literal["loading", "ready", "draining", "failed"]
-MAX_CONTEXT_DEFAULT = 4096
 
 
 @dataclass
@@ -57,7 +46,7 @@ class WorkerRuntime:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.state: State = "loading"
-        self.progress = 0.0
+        self._preload: Preload | None = None
         self.model: Model | None = None
         self._free: list[Slot] = []
         self._all: list[Slot] = []
@@ -74,39 +63,21 @@ class WorkerRuntime:
 
     # -- loading --
 
-    def _threads(self) -> int:
-        return self.settings.threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    async def load(self, preload: Preload | None = None) -> None:
+        """Load the model, or take over the load that `preload` started at process start."""
+        if preload is None:
+            preload = Preload(self.settings, self.executor)
+        self._preload = preload
+        loaded = await asyncio.wrap_future(preload.future)
+        self.model, self._all, self._free = loaded.model, loaded.slots, list(loaded.slots)
+        self._embedder, self.n_ctx = loaded.embedder, loaded.n_ctx
+        self.state = "ready"
 
-    def _load_blocking(self) -> None:
-        s = self.settings
-        if s.backend != "cpu":
-            if not gpu_offload_supported():
-                raise BackendUnavailable(
-                    f"Backend '{s.backend}' is not available: this llama-cpp-python build "
-                    "has no GPU offload."
-                )
-        gpu = None if s.backend == "cpu" else s.device
-        model = Model.load(s.model, gpu_device=gpu, on_progress=self._on_progress)
-        n_ctx = s.n_ctx or min(model.info.n_ctx_train, MAX_CONTEXT_DEFAULT)
-        slots = [
-            Slot(model, n_ctx=n_ctx, n_batch=s.n_batch, n_threads=self._threads())
-            for _ in range(s.slots)
-        ]
-        if s.embeddings:
-            self._embedder = Slot(
-                model, n_ctx=n_ctx, n_batch=n_ctx, n_threads=self._threads(), embeddings=True
-            )
-        self.model, self._all, self._free = model, slots, list(slots)
-        self.n_ctx = slots[0].n_ctx
-
-    def _on_progress(self, progress: float) -> None:
-        self.progress = progress  # a float store: safe from the loading thread
-
-    async def load(self) -> None:
-        if not self.settings.model.is_file():
-            raise EngineError(f"model file {self.settings.model} does not exist")
-        await asyncio.get_running_loop().run_in_executor(self.executor, self._load_blocking)
-        self.state, self.progress = "ready", 1.0
+    @property
+    def progress(self) -> float:
+        if self.state == "ready":
+            return 1.0
+        return self._preload.progress if self._preload is not None else 0.0
 
     # -- admission --
 

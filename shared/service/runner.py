@@ -7,6 +7,9 @@
 * Exit status: 0 after a graceful stop, whatever uvicorn does with the signal afterwards
   (some versions re-raise it); 1 when start-up fails; the app may set another status in
   `app.state.exit_code` (the worker does, when its model fails to load).
+
+`main_for` lives in :mod:`shared.service.entrypoint` (re-exported here), which imports
+neither uvicorn nor FastAPI, so a service can start slow work before the web stack loads.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 
 import uvicorn
 from fastapi import FastAPI
 
-from shared.logs import configure_logging
-from shared.settings import ConfigError, S, ServiceSettings, settings_from_argv
+from shared.service.entrypoint import main_for
+from shared.settings import ServiceSettings
+
+__all__ = ["main_for", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,29 +99,3 @@ def serve(
         return 1
     code: int = getattr(app.state, "exit_code", 0)
     return code
-
-
-def main_for(
-    settings_cls: type[S],
-    create_app: Callable[[S], FastAPI],
-    *,
-    prog: str,
-    service: str,
-    description: str,
-    drain_timeout: Callable[[S], float],
-    argv: Sequence[str] | None = None,
-) -> int:
-    """The whole `__main__` of a service: flags -> settings -> app -> serve -> status."""
-    from shared import __version__
-
-    try:
-        settings, version = settings_from_argv(settings_cls, argv, prog, description)
-        if version or settings is None:
-            print(f"{prog} {__version__}")
-            return 0
-        configure_logging(service, settings.log_format, settings.log_level)
-        app = create_app(settings)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 1
-    return serve(app, settings, drain_timeout_s=drain_timeout(settings))
