@@ -9,6 +9,7 @@ uvicorn lets running streams finish within the drain budget.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from queen_rbee.hostctl import HiveHosts
 from queen_rbee.inference import Inference
 from queen_rbee.jobs import Jobs
 from queen_rbee.metrics import QueenMetrics, StateCollector
+from queen_rbee.poller import HivePoller
 from queen_rbee.registry import Registry
 from queen_rbee.relay import Upstream
 from queen_rbee.routes import hives, models, openai, system, tasks, workers
@@ -71,6 +73,9 @@ def create_app(settings: QueenSettings | None = None) -> FastAPI:
         jobs = Jobs()
         inference = Inference(settings, dispatcher, upstream, control, jobs, metrics)
         hosts = HiveHosts(settings, registry, control)
+        poller = HivePoller(registry, control, max(0.5, settings.hive_stale_after_s / 3))
+        poller.start()
+        ssh_start = asyncio.create_task(hosts.start_known())
         app.state.queen = Queen(
             settings, registry, control, upstream, dispatcher, jobs, metrics, inference, hosts
         )
@@ -85,6 +90,9 @@ def create_app(settings: QueenSettings | None = None) -> FastAPI:
             yield
         finally:
             dispatcher.draining = True
+            await poller.stop()
+            ssh_start.cancel()
+            await asyncio.gather(ssh_start, return_exceptions=True)
             await hosts.stop_started()
             await dispatcher.aclose()
             await upstream.aclose()

@@ -13,8 +13,10 @@ from contextlib import asynccontextmanager
 import httpx
 
 from shared.auth import Audience, Authenticator, Role
+from shared.catalog import CatalogEntry
 from shared.clients import HiveClient
 from shared.errors import HiveUnreachable
+from shared.hives import Heartbeat
 from shared.sse import SSEEvent
 from shared.workers import SpawnRequest, WorkerInfo
 
@@ -45,6 +47,24 @@ class Control:
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
         return WorkerInfo.model_validate(body)
+
+    async def models(self, url: str) -> list[CatalogEntry]:
+        try:
+            return await self.hive(url).models()
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+
+    async def snapshot(self, url: str) -> Heartbeat:
+        """What a heartbeat would say, asked of the hive itself."""
+        hive = self.hive(url)
+        try:
+            capabilities = await hive.capabilities()
+            workers = await hive.workers()
+            catalog = await hive.models()
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+        models = {m.model_ref for m in catalog} | {m.alias for m in catalog if m.alias}
+        return Heartbeat(url=url, workers=workers, capabilities=capabilities, models=sorted(models))
 
     async def call(self, url: str, method: str, path: str, **kwargs: object) -> object:
         try:

@@ -4,7 +4,8 @@ Adding a hive with `ssh` runs a preflight (connect, `rbee-hive --version`), star
 in the background on that host (`nohup`, its pid echoed back and kept in the registry),
 and polls its `/health`. Stopping asks the hive to shut down over HTTP (it stops its
 workers first) and falls back to `kill <pid>` over SSH. Only hives with a recorded pid
-are stopped at the queen's own shutdown: the ones it started.
+are stopped at the queen's own shutdown: the ones it started; a queen that starts again
+starts its SSH hives again (in the background, so a host that is down delays nothing).
 Every argument of a remote command is quoted with `shlex.quote`.
 """
 
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
 
 
 class HiveHosts:
@@ -142,6 +143,26 @@ class HiveHosts:
         except TimeoutError:
             return False
         return True
+
+    async def start_known(self) -> None:
+        """At the queen's start: bring up again the SSH hives it stopped when it last stopped."""
+        ssh_hives = [h for h in self.registry.hives() if h.ssh is not None]
+        results = await asyncio.gather(
+            *(self._restart(h) for h in ssh_hives), return_exceptions=True
+        )
+        for hive, result in zip(ssh_hives, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning(
+                    "hive %s not started: %s",
+                    hive.id,
+                    getattr(result, "message", result),
+                    extra={"action": "ssh_start", "hive_id": hive.id},
+                )
+
+    async def _restart(self, hive: Hive) -> None:
+        if hive.url and await self.control.healthy(hive.url):
+            return  # still running (the queen did not stop it, or someone else started it)
+        await self.start(hive)
 
     async def stop_started(self) -> None:
         """Stop every hive this queen started, in parallel."""

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from queen_rbee import scheduler
-from queen_rbee.deps import OperatorDep, QueenDep
+from queen_rbee.deps import OperatorDep, Queen, QueenDep
 from queen_rbee.validation import body_of, check_model_name
 from shared.errors import NoCapacity, RbeeError
 from shared.service.streaming import SSEResponse
@@ -32,10 +32,8 @@ async def list_catalog(queen: QueenDep) -> dict[str, Any]:
 
     async def one(url: str) -> list[dict[str, Any]]:
         try:
-            return [m.model_dump(mode="json") for m in await queen.control.hive(url).models()]
-        except (RbeeError, OSError):
-            return []
-        except Exception:  # an unreachable hive must not break the listing
+            return [m.model_dump(mode="json") for m in await queen.control.models(url)]
+        except RbeeError:  # an unreachable hive must not break the listing
             return []
 
     results = await asyncio.gather(*(one(h.url or "") for h in hives))
@@ -69,7 +67,7 @@ async def pull(
 
 
 async def _relay(
-    events: AsyncIterator[SSEEvent], stack: AsyncExitStack, hive_id: str, queen: Any, model: str
+    events: AsyncIterator[SSEEvent], stack: AsyncExitStack, hive_id: str, queen: Queen, model: str
 ) -> AsyncIterator[bytes]:
     try:
         async for event in events:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -40,13 +40,24 @@ def one(
     yield queen, worker
 
 
-def client(queen: Service) -> openai.OpenAI:
-    return openai.OpenAI(base_url=queen.url + "/v1", api_key="unused", max_retries=0)
+@pytest.fixture
+def sdks() -> Iterator[list[openai.OpenAI]]:
+    made: list[openai.OpenAI] = []
+    yield made
+    for sdk in made:
+        sdk.close()
 
 
-def test_the_openai_sdk_gets_models_chat_and_completions(one: tuple[Service, Service]) -> None:
+def client(queen: Service, sdks: list[openai.OpenAI]) -> openai.OpenAI:
+    sdks.append(openai.OpenAI(base_url=queen.url + "/v1", api_key="unused", max_retries=0))
+    return sdks[-1]
+
+
+def test_the_openai_sdk_gets_models_chat_and_completions(
+    one: tuple[Service, Service], sdks: list[openai.OpenAI]
+) -> None:
     queen, _ = one
-    sdk = client(queen)
+    sdk = client(queen, sdks)
     assert [m.id for m in sdk.models.list()] == ["tiny"]
     messages = [{"role": "user", "content": "Hello there"}]
     chat = sdk.chat.completions.create(model="tiny", messages=messages, max_tokens=8)  # type: ignore[arg-type]
@@ -108,7 +119,7 @@ def test_inference_responses_carry_overhead_and_correlation_id(
 
 
 def test_a_worker_killed_before_its_first_byte_is_invisible(
-    processes: Processes, tiny_model: Path, rbee_home: Path
+    processes: Processes, tiny_model: Path, rbee_home: Path, sdks: list[openai.OpenAI]
 ) -> None:
     a = start_worker(processes, tiny_model, env=WORKER_ENV)
     b = start_worker(processes, tiny_model, env=WORKER_ENV)
@@ -116,7 +127,7 @@ def test_a_worker_killed_before_its_first_byte_is_invisible(
     beat(queen, "h1", [worker_info(a), worker_info(b)])
     a.proc.kill()
     a.proc.wait()
-    sdk = client(queen)
+    sdk = client(queen, sdks)
     for _ in range(4):
         out = sdk.completions.create(model="tiny", prompt="Hello", max_tokens=4)
         assert out.choices[0].text
@@ -259,3 +270,15 @@ def test_a_request_whose_deadline_passes_in_the_queue_gets_504(
     assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "DEADLINE_EXCEEDED"
     holder.join(60)
     wait_until(lambda: slots_busy(worker) == 0, timeout=5, what="slot free")
+
+
+def test_a_client_that_gives_up_on_a_non_streaming_request_frees_the_slot(
+    one: tuple[Service, Service],
+) -> None:
+    queen, worker = one
+    body = {"model": "tiny", "prompt": "Tell me a long story", "max_tokens": LONG}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(queen.url + "/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
+    wait_slot_free(worker, timeout=1.0)  # a 3800-token answer would take seconds
+    metrics = httpx.get(queen.url + "/metrics").text
+    assert 'rbee_cancellations_total{model="tiny"} 1.0' in metrics

@@ -37,19 +37,17 @@ def ssh_server(tmp_path: Path) -> Iterator[LocalSshServer]:
         server.stop()
 
 
-def test_a_hive_added_by_ssh_is_started_and_sigterm_drains_then_stops_it(
+def test_a_hive_added_by_ssh_is_started_and_sigterm_drains_then_stops_it_and_restart_starts_it(
     processes: Processes, tiny_model: Path, tmp_path: Path, ssh_server: LocalSshServer
 ) -> None:
     hive_port = free_port()
-    queen = start_queen(
-        processes,
-        tmp_path / "queen",
-        env={
-            "RBEE_QUEEN_SSH_NO_HOST_CHECK": "1",
-            "RBEE_QUEEN_SSH_HIVE_COMMAND": str(VENV_BIN / "rbee-hive"),
-            "RBEE_QUEEN_SSH_HIVE_PORT": str(hive_port),
-        },
-    )
+    queen_env = {
+        "RBEE_QUEEN_SSH_NO_HOST_CHECK": "1",
+        "RBEE_QUEEN_SSH_HIVE_COMMAND": str(VENV_BIN / "rbee-hive"),
+        "RBEE_QUEEN_SSH_HIVE_PORT": str(hive_port),
+    }
+    queen_port = free_port()
+    queen = start_queen(processes, tmp_path / "queen", env=queen_env, port=queen_port)
     target = {
         "host": "127.0.0.1",
         "port": ssh_server.port,
@@ -93,6 +91,11 @@ def test_a_hive_added_by_ssh_is_started_and_sigterm_drains_then_stops_it(
     wait_until(
         lambda: not any(pid_alive(p) for p in worker_pids), timeout=10, what="workers stopped"
     )
+
+    # Started again, the queen brings its SSH hive back up.
+    queen = start_queen(processes, tmp_path / "queen", env=queen_env, port=queen_port)
+    wait_until(lambda: _answers(hive_url), timeout=30, what="hive started again")
+    assert hive_state(queen, "remote") == "online"
 
 
 def _answers(url: str) -> bool:

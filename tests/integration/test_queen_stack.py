@@ -10,12 +10,15 @@ import httpx
 import openai
 import pytest
 
-from tests.procs import Processes, wait_until
+from shared.auth import Audience, Role, mint_token
+from tests.procs import Processes, pid_alive, wait_until
 from tests.queen.stack import (
     FAST_QUEEN,
+    data_events,
     hive_state,
     queen_workers,
     run_task,
+    sse_lines,
     start_hive,
     start_queen,
     started,
@@ -25,12 +28,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_cold_start_then_two_hives_share_the_work_and_a_dead_hive_gets_none(
-    processes: Processes, tiny_model: Path, tmp_path: Path
+    processes: Processes, tiny_model: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     queen = start_queen(processes, tmp_path / "queen", env=FAST_QUEEN)
     h1 = start_hive(processes, queen, "h1", tmp_path / "h1")
     model = f"file:{tiny_model}"
     sdk = openai.OpenAI(base_url=queen.url + "/v1", api_key="unused", max_retries=0)
+    request.addfinalizer(sdk.close)
 
     # Cold start: no worker serves the model yet; the queen has a hive spawn one.
     assert queen_workers(queen) == []
@@ -73,6 +77,17 @@ def test_a_restarted_queen_keeps_its_hives_and_their_running_workers(
     queen = start_queen(processes, tmp_path / "queen")
     hive = start_hive(processes, queen, "h1", tmp_path / "h1")
     model = f"file:{tiny_model}"
+    # Pull through the queen: the hive's download events, each with the hive's id.
+    pulled = []
+    with httpx.stream(
+        "POST", queen.url + "/v2/models/pull", json={"model": model}, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        pulled = data_events(list(sse_lines(r)))
+    assert pulled[-1] == "[DONE]" and pulled[-2]["type"] == "end"
+    assert all(e["hive_id"] == "h1" for e in pulled[:-1])
+    catalog = httpx.get(queen.url + "/v2/models").json()["data"]
+    assert (model, "h1") in [(m["model_ref"], m["hive_id"]) for m in catalog]
     before = run_task(queen, model)
     worker_id = started(before)["worker_id"]
     hive_workers = httpx.get(hive.url + "/v1/workers").json()["data"]
@@ -92,3 +107,55 @@ def test_a_restarted_queen_keeps_its_hives_and_their_running_workers(
     assert started(after)["worker_id"] == worker_id and after[-2]["type"] == "end"
     again = httpx.get(hive.url + "/v1/workers").json()["data"]
     assert [(w["id"], w["pid"]) for w in again] == [(worker_id, pid)]
+
+    # A cascading shutdown stops the hive (and its workers) and then the queen.
+    assert httpx.post(queen.url + "/v2/shutdown", json={"cascade": True}).status_code == 202
+    assert queen.wait_exit(30) == 0
+    assert hive.wait_exit(30) == 0
+    wait_until(lambda: not pid_alive(pid), timeout=10, what="worker stopped")
+
+
+def test_with_a_cluster_secret_every_hop_authenticates(
+    processes: Processes, tiny_model: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    def sdk_with(key: str) -> openai.OpenAI:
+        sdk = openai.OpenAI(base_url=queen.url + "/v1", api_key=key, max_retries=0)
+        request.addfinalizer(sdk.close)
+        return sdk
+
+    secret = tmp_path / "cluster.secret"
+    secret.write_text("c" * 48)
+    secret.chmod(0o600)
+    env = {"RBEE_JWT_SECRET_FILE": str(secret)}
+    queen = start_queen(processes, tmp_path / "queen", env=env)
+    operator = {
+        "Authorization": "Bearer "
+        + mint_token("c" * 48, role=Role.OPERATOR, audience=Audience.QUEEN, ttl_s=300)
+    }
+    client_token = mint_token("c" * 48, role=Role.CLIENT, audience=Audience.QUEEN, ttl_s=300)
+    start_hive(processes, queen, "h1", tmp_path / "h1", env=env, headers=operator)
+    sdk = sdk_with(client_token)
+    model = f"file:{tiny_model}"
+    with pytest.raises(openai.PermissionDeniedError):  # file: refs are for operators
+        sdk.completions.create(model=model, prompt="Hi", max_tokens=3)
+    sdk = sdk_with(operator["Authorization"][7:])
+    reply = sdk.completions.create(model=model, prompt="Hi", max_tokens=3)  # spawn + relay
+    assert reply.choices[0].text
+    client = sdk_with(client_token)
+    assert model in [m.id for m in client.models.list()]
+    with pytest.raises(openai.AuthenticationError):
+        sdk_with("wrong" * 4).models.list()
+
+
+def test_a_hive_added_by_url_that_sends_no_heartbeats_is_polled(
+    processes: Processes, tiny_model: Path, tmp_path: Path
+) -> None:
+    queen = start_queen(processes, tmp_path / "queen", env=FAST_QUEEN)
+    hive = start_hive(processes, queen, "quiet", tmp_path / "quiet", register=False)
+    added = httpx.post(queen.url + "/v2/hives", json={"id": "quiet", "url": hive.url})
+    assert added.status_code == 201 and added.json()["state"] == "offline"
+    wait_until(lambda: hive_state(queen, "quiet") == "online", timeout=10, what="polled")
+    events = run_task(queen, f"file:{tiny_model}")
+    assert events[-2]["type"] == "end" and started(events)["worker_id"]
+    hive.proc.kill()
+    wait_until(lambda: hive_state(queen, "quiet") == "stale", timeout=10, what="stale")

@@ -83,8 +83,19 @@ HIVE_ENV = {
 FAST_QUEEN = {"RBEE_QUEEN_HIVE_STALE_AFTER_S": "3", "RBEE_QUEEN_HIVE_OFFLINE_AFTER_S": "20"}
 
 
-def start_hive(processes: Processes, queen: Service, hive_id: str, data_dir: Path) -> Service:
+def start_hive(
+    processes: Processes,
+    queen: Service,
+    hive_id: str,
+    data_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    register: bool = True,
+) -> Service:
+    """A hive that registers with `queen` itself (or, with `register=False`, does not)."""
     port = free_port()
+    announce = ["--queen-url", queen.url] if register else []
     hive = processes.start(
         "rbee-hive",
         [
@@ -92,24 +103,28 @@ def start_hive(processes: Processes, queen: Service, hive_id: str, data_dir: Pat
             str(port),
             "--hive-id",
             hive_id,
-            "--queen-url",
-            queen.url,
+            *announce,
             "--data-dir",
             str(data_dir),
             "--worker-port-start",
             str(free_port()),
         ],
-        env=HIVE_ENV,
+        env={**HIVE_ENV, **(env or {})},
         url=f"http://127.0.0.1:{port}",
         name=f"hive-{hive_id}",
     )
     hive.wait_healthy()
-    wait_until(lambda: hive_state(queen, hive_id) == "online", timeout=15, what="hive online")
+    if register:
+        wait_until(
+            lambda: hive_state(queen, hive_id, headers) == "online", timeout=15, what="online"
+        )
     return hive
 
 
-def hive_state(queen: Service, hive_id: str) -> str | None:
-    response = httpx.get(f"{queen.url}/v2/hives/{hive_id}", timeout=2)
+def hive_state(
+    queen: Service, hive_id: str, headers: Mapping[str, str] | None = None
+) -> str | None:
+    response = httpx.get(f"{queen.url}/v2/hives/{hive_id}", timeout=2, headers=headers)
     return response.json()["state"] if response.status_code == 200 else None
 
 

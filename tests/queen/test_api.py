@@ -55,7 +55,7 @@ async def test_heartbeats_build_the_worker_view_and_the_model_list(
 
 
 async def test_hives_go_stale_then_offline_without_heartbeats(tmp_path: Path) -> None:
-    async with running_queen(tmp_path, hive_stale_after_s=0.3, hive_offline_after_s=0.6) as queen:
+    async with running_queen(tmp_path, hive_stale_after_s=0.5, hive_offline_after_s=1.5) as queen:
         await queen.put("/v2/hives/h1", json={"url": "http://127.0.0.1:9", "version": "1"})
         states = []
         for _ in range(100):
@@ -76,15 +76,15 @@ async def test_hives_go_stale_then_offline_without_heartbeats(tmp_path: Path) ->
 async def test_the_registry_survives_a_restart(tmp_path: Path) -> None:
     async with running_queen(tmp_path) as queen:
         assert (
-            await queen.post("/v2/hives", json={"id": "h1", "url": "http://x:9200"})
+            await queen.post("/v2/hives", json={"id": "h1", "url": "http://127.0.0.1:9"})
         ).status_code == 201
-        await queen.put("/v2/hives/h2", json={"url": "http://y:9200", "version": "1"})
+        await queen.put("/v2/hives/h2", json={"url": "http://127.0.0.1:10", "version": "1"})
     assert (tmp_path / "queen.db").exists()
     async with running_queen(tmp_path) as queen:
         hives = (await queen.get("/v2/hives")).json()["data"]
         assert [(h["id"], h["url"]) for h in hives] == [
-            ("h1", "http://x:9200"),
-            ("h2", "http://y:9200"),
+            ("h1", "http://127.0.0.1:9"),
+            ("h2", "http://127.0.0.1:10"),
         ]
         assert hives[1]["last_heartbeat"] is not None
         assert (await queen.delete("/v2/hives/h1")).status_code == 204
@@ -217,6 +217,22 @@ BAD_INPUT: list[tuple[str, str, Any, int, str, str | None]] = [
         "url",
     ),
     ("POST", "/v2/hives", {"id": "h1", "url": "http://x:1"}, 409, "HIVE_ALREADY_EXISTS", None),
+    (
+        "POST",
+        "/v2/hives",
+        {"id": "h9", "ssh": {"host": "127.0.0.1", "port": 1, "user": "u"}},
+        502,
+        "HIVE_UNREACHABLE",
+        None,
+    ),
+    (
+        "POST",
+        "/v2/hives",
+        {"id": "h9", "ssh": {"host": "h", "user": "u", "shell": "rm"}},
+        400,
+        "VALIDATION_ERROR",
+        "ssh.shell",
+    ),
     (
         "PUT",
         "/v2/hives/h1';DROP TABLE hives;--",
