@@ -6,8 +6,9 @@ import itertools
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,54 +70,56 @@ def test_cancel_stops_prompt_processing_inside_llama_decode(model: Model, slot: 
     assert elapsed < full_elapsed, (elapsed, full_elapsed)
 
 
-def _per_token_times(generate: object, n: int) -> list[float]:
-    stamps: list[float] = []
+class _TimeInsideLlama:
+    """Wraps llama.cpp's decode and sampling calls and adds up the time spent inside them."""
 
-    def emit(_: str) -> None:
-        stamps.append(time.perf_counter())
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import llama_cpp
 
-    generate(emit)  # type: ignore[operator]
-    return [b - a for a, b in itertools.pairwise(stamps)][: n - 1]
+        self.total = 0.0
+        for name in ("llama_decode", "llama_sampler_sample"):
+            monkeypatch.setattr(llama_cpp, name, self._timed(getattr(llama_cpp, name)))
+
+    def _timed(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return call(*args)
+            finally:
+                self.total += time.perf_counter() - started
+
+        return timed
 
 
-def test_per_token_cost_stays_flat_over_2000_tokens(model: Model, slot: Slot) -> None:
+def _own_time_per_token(
+    slot: Slot, params: GenerationParams, inside: _TimeInsideLlama
+) -> list[float]:
+    """Per token: wall time between two emitted pieces minus the time spent in llama.cpp."""
+    stamps: list[tuple[float, float]] = []
+    slot.generate(params, lambda _: stamps.append((time.perf_counter(), inside.total)))
+    return [(t1 - t0) - (in1 - in0) for (t0, in0), (t1, in1) in itertools.pairwise(stamps)]
+
+
+def test_per_token_cost_stays_flat_over_2000_tokens(
+    model: Model, slot: Slot, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The loop's own work per token must not grow with the output (the O(n^2)
     detokenization of create_completion would). llama.cpp's attention does grow with the
-    position, so the growth is compared with the bare decode loop at the same positions."""
-    prompt = model.tokenize("Once upon a time")
-    params = GenerationParams(prompt, 2000, temperature=0.8, seed=3)
-    ours = _per_token_times(lambda emit: slot.generate(params, emit), 2000)
-    bare = bare_decode_times(model, prompt, 2000)
-    assert len(ours) >= 1900
+    position, so its own time is taken out: what is left is sampling glue,
+    detokenization, stop matching and the hand-off, which must stay flat."""
+    inside = _TimeInsideLlama(monkeypatch)
+    params = GenerationParams(model.tokenize("Once upon a time"), 2000, temperature=0.8, seed=3)
+    # The best of three runs per window: another process on the machine can only ever
+    # add time, so the minimum is the loop's own cost.
+    runs = [_own_time_per_token(slot, params, inside) for _ in range(3)]
+    assert all(len(run) >= 1900 for run in runs)
 
-    def median(times: list[float]) -> float:
-        return statistics.median(times)
+    def best_median(window: slice) -> float:
+        return min(statistics.median(run[window]) for run in runs)
 
-    overhead_first = median(ours[:100]) - median(bare[:100])
-    overhead_last = median(ours[-100:]) - median(bare[-100:])
-    # Our own cost per token (on top of llama.cpp) at token 1,900 is no larger than at
-    # token 0, give or take scheduling noise (50 us).
-    assert overhead_last < max(overhead_first, 0.0) + 50e-6, (overhead_first, overhead_last)
-
-
-def bare_decode_times(model: Model, prompt: list[int], n: int) -> list[float]:
-    """llama_decode + C sampling and nothing else: the reference for the engine's loop."""
-    import llama_cpp
-
-    bare = Slot(model, n_ctx=4096, n_batch=512, n_threads=2)
-    try:
-        sampler = bare._sampler(GenerationParams(prompt, n, temperature=0.8, seed=3))
-        bare._process_prompt(prompt)
-        one = (llama_cpp.llama_token * 1)()
-        stamps = []
-        for _ in range(n):
-            one[0] = llama_cpp.llama_sampler_sample(sampler, bare._ctx, -1)
-            llama_cpp.llama_decode(bare._ctx, llama_cpp.llama_batch_get_one(one, 1))
-            stamps.append(time.perf_counter())
-        llama_cpp.llama_sampler_free(sampler)
-    finally:
-        bare.close()
-    return [b - a for a, b in itertools.pairwise(stamps)]
+    first, last = best_median(slice(0, 100)), best_median(slice(-100, None))
+    # At token 1,900 no more than at token 0, give or take scheduling noise (50 us).
+    assert last < first + 50e-6, (first, last)
 
 
 def test_chat_template_falls_back_to_chatml(model: Model) -> None:
