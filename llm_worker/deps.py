@@ -10,12 +10,12 @@ from llm_worker.runtime import WorkerRuntime
 from llm_worker.settings import WorkerSettings
 
 
-def _runtime(request: Request) -> WorkerRuntime:
+async def _runtime(request: Request) -> WorkerRuntime:
     runtime: WorkerRuntime = request.app.state.runtime
     return runtime
 
 
-def _settings(request: Request) -> WorkerSettings:
+async def _settings(request: Request) -> WorkerSettings:
     settings: WorkerSettings = request.app.state.settings
     return settings
 

@@ -34,12 +34,12 @@ class Queen:
     hosts: HiveHosts
 
 
-def get_queen(request: Request) -> Queen:
+async def get_queen(request: Request) -> Queen:
     queen: Queen = request.app.state.queen
     return queen
 
 
-def is_operator(request: Request) -> bool:
+async def is_operator(request: Request) -> bool:
     """Dev mode has no principal: everything is allowed on loopback."""
     principal: Principal | None = request.scope.get("state", {}).get("principal")
     return principal is None or principal.role is Role.OPERATOR

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from rbee_hive.hive import Hive
 
 
-def get_hive(request: Request) -> Hive:
+async def get_hive(request: Request) -> Hive:
     hive: Hive = request.app.state.hive
     return hive
 
