@@ -107,12 +107,14 @@ class Dispatcher:
     def candidates(self, model: str, hive_id: str | None = None) -> list[Candidate]:
         now = time.monotonic()
         found: dict[str, Candidate] = {}
-        for hive in self.registry.online():
-            if hive_id is not None and hive.id != hive_id:
+        for c in self.registry.serving(model):
+            if hive_id is not None and c.hive_id != hive_id:
                 continue
-            for w in hive.workers:
-                if w.model == model and self._quarantine.get(w.id, 0.0) <= now:
-                    found[w.id] = self._candidate(hive.id, w)
+            if self._quarantine and self._quarantine.get(c.id, 0.0) > now:
+                continue
+            if c.state == "loading" and c.id in self._ready_seen:
+                c = Candidate(c.id, c.hive_id, c.url, "idle", c.slots_total)
+            found[c.id] = c
         for cold in self._cold.values():
             if cold.model == model and cold.worker and cold.worker.id not in found:
                 if hive_id is None or cold.hive_id == hive_id:
@@ -172,8 +174,7 @@ class Dispatcher:
     def check_admission(self, hive_id: str | None) -> None:
         if self.draining:
             raise ShuttingDown()
-        online = self.registry.online()
-        if not online or (hive_id is not None and all(h.id != hive_id for h in online)):
+        if not self.registry.any_online(hive_id):
             raise NoCapacity("No hive is online to serve this request.", retry_after=5)
 
     async def acquire(

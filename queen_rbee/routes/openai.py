@@ -34,7 +34,7 @@ def prepare_call(
         request.headers.get("x-request-deadline"), queen.settings.default_deadline_s
     )
     queen.dispatcher.check_admission(None)
-    if ref.kind == "alias" and model not in queen.registry.model_names():
+    if ref.kind == "alias" and not queen.registry.has_model(model):
         raise ModelNotFound(f"Model '{safe_text(model)}' is not in any catalog.", param="model")
     return Call(path=path, model=model, body=body, deadline_header=header, deadline=deadline)
 
