@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -18,6 +19,13 @@ import psutil
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def model_path(name: str) -> Path:
@@ -65,9 +73,11 @@ def print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
+def write_results(name: str, payload: dict[str, Any], *, smoke: bool = False) -> Path:
+    """`results/<name>.json`; a smoke run writes `<name>_smoke.json` (not kept in git), so
+    it never overwrites a real measurement."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{name}{'_smoke' if smoke else ''}.json"
     payload = {
         "benchmark": name,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),

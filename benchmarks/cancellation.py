@@ -119,6 +119,7 @@ def main() -> None:
             "target_ms": 250,
             "results": results,
         },
+        smoke=args.smoke,
     )
 
 

@@ -21,6 +21,7 @@ import httpx
 
 from benchmarks._common import (
     VENV_BIN,
+    free_port,
     median,
     model_path,
     print_table,
@@ -28,7 +29,6 @@ from benchmarks._common import (
     wait_http,
     write_results,
 )
-from benchmarks.worker_efficiency import free_port
 
 
 def bare_load_s(path: Path) -> float:
@@ -163,6 +163,7 @@ def main() -> None:
     write_results(
         f"cold_start_{args.model if args.model in ('tiny', 'gemma') else 'custom'}",
         {"model": path.name, "runs": runs, "summary": summary, "target_added_ms": 500},
+        smoke=args.smoke,
     )
 
 

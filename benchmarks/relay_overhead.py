@@ -1,13 +1,18 @@
 """What the queen adds on the token path: the same streams direct to workers and through it.
 
-Starts real processes: `--workers` llm-worker-rbee processes on the tiny test model (each
-with `--slots` contexts) and one queen-rbee that learns about them from a heartbeat this
-script sends (no hive: the hive is not on the token path). Then, for each concurrency level,
-runs the same streaming workload (`POST /v1/completions`, `stream: true`) twice: straight to
-the workers (round robin) and through the queen. Prints time to first byte p50/p99 and
-tokens/s for both and their ratio, and writes the figures as JSON.
+Starts real processes: enough llm-worker-rbee processes on the tiny test model (64
+contexts each) that every stream of the highest level has a slot, and one queen-rbee
+that learns about them from a heartbeat this script sends (no hive: the hive is not on
+the token path). Then, for each concurrency level, runs the same streaming workload
+(`POST /v1/completions`, `stream: true`) twice: straight to the workers (round robin) and
+through the queen. Prints time to first byte p50/p99, tokens/s and errors for both and
+their ratio, and the queen's resident memory at rest and at the peak of each level.
 
-    .venv/bin/python -m benchmarks.relay_overhead [--levels 1,50,200] [--json out.json]
+On a machine with few cores the workers and the queen share the CPU, so at high levels
+the ratio also measures the queen's CPU taking time from the workers.
+
+    .venv/bin/python -m benchmarks.relay_overhead [--levels 1,50,200,1000]
+    .venv/bin/python -m benchmarks.relay_overhead --smoke      # CI: tiny sizes
 """
 
 from __future__ import annotations
@@ -16,40 +21,35 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
 import httpx
+import psutil
 
-BIN = Path(sys.executable).parent
+from benchmarks._common import (
+    VENV_BIN,
+    free_port,
+    model_path,
+    percentile,
+    print_table,
+    stop,
+    wait_http,
+    write_results,
+)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_healthy(url: str, path: str = "/health", timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + path, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{url}{path} did not become healthy")
+SLOTS_PER_WORKER = 64  # the worker's upper limit
 
 
 @dataclass
@@ -63,6 +63,7 @@ class Result:
     wall_s: float
     tokens_per_s: float
     errors: int
+    queen_peak_rss_mib: float = 0.0
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, int]:
@@ -114,14 +115,12 @@ async def run_level(
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    ttfbs.sort()
-    p99 = ttfbs[min(len(ttfbs) - 1, int(len(ttfbs) * 0.99))] if ttfbs else float("nan")
     return Result(
         name,
         concurrency,
         requests,
         statistics.median(ttfbs) * 1000 if ttfbs else float("nan"),
-        p99 * 1000,
+        percentile(ttfbs, 99) * 1000,
         tokens,
         wall,
         tokens / wall if wall else 0.0,
@@ -140,86 +139,75 @@ def start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[b
         )
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+@contextmanager
+def peak_rss(pid: int) -> Iterator[list[float]]:
+    """Samples the resident memory of `pid` every 50 ms; yields [peak MiB] filled at exit."""
+    process, peak, done = psutil.Process(pid), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+
+
+def start_workers(
+    model: Path, count: int, root: Path, n_ctx: int = 256
+) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    procs, urls = [], []
+    for i in range(count):
+        port = free_port()
+        argv = [
+            str(VENV_BIN / "llm-worker-rbee"),
+            *("--worker-id", f"bench-{i}", "--model", str(model), "--model-ref", "tiny"),
+            *("--port", str(port), "--slots", str(SLOTS_PER_WORKER), "--n-ctx", str(n_ctx)),
+            *("--log-level", "warning"),
+        ]
+        procs.append(start(argv, root / f"worker-{i}.log", {"RBEE_WORKER_THREADS": "1"}))
+        urls.append(f"http://127.0.0.1:{port}")
+    return procs, urls
+
+
+def start_queen(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    argv = [
+        str(VENV_BIN / "queen-rbee"),
+        *("--port", str(port), "--data-dir", str(root / "q"), "--log-level", "warning"),
+    ]
+    env = {
+        "RBEE_QUEEN_QUEUE_SIZE": "10000",
+        "RBEE_QUEEN_HIVE_STALE_AFTER_S": "3600",
+        "RBEE_QUEEN_HIVE_OFFLINE_AFTER_S": "7200",
+    }
+    return start(argv, root / "queen.log", env), f"http://127.0.0.1:{port}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="1,50,200", help="concurrent streams per run")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--slots", type=int, default=50, help="slots per worker")
+    parser.add_argument("--levels", default="1,50,200,1000", help="concurrent streams per run")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="requests per stream slot")
-    parser.add_argument("--json", type=Path, default=Path("relay_overhead.json"))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.levels, args.max_tokens, args.rounds = "1,4", 8, 1
     levels = [int(x) for x in args.levels.split(",")]
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.tinymodel import tiny_model_path
-
+    model = model_path("tiny")
     root = Path(tempfile.mkdtemp(prefix="rbee-bench-"))
-    model = tiny_model_path(root)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        workers = []
-        for i in range(args.workers):
-            port = free_port()
-            procs.append(
-                start(
-                    [
-                        str(BIN / "llm-worker-rbee"),
-                        "--worker-id",
-                        f"bench-{i}",
-                        "--model",
-                        str(model),
-                        "--model-ref",
-                        "tiny",
-                        "--port",
-                        str(port),
-                        "--slots",
-                        str(args.slots),
-                        "--n-ctx",
-                        "256",
-                        "--log-level",
-                        "warning",
-                    ],
-                    root / f"worker-{i}.log",
-                    {"RBEE_WORKER_THREADS": "1"},
-                )
-            )
-            workers.append(f"http://127.0.0.1:{port}")
-        queen_port = free_port()
-        queen = f"http://127.0.0.1:{queen_port}"
-        procs.append(
-            start(
-                [
-                    str(BIN / "queen-rbee"),
-                    "--port",
-                    str(queen_port),
-                    "--data-dir",
-                    str(root / "q"),
-                    "--log-level",
-                    "warning",
-                ],
-                root / "queen.log",
-                {
-                    "RBEE_QUEEN_QUEUE_SIZE": "10000",
-                    "RBEE_QUEEN_HIVE_STALE_AFTER_S": "3600",
-                    "RBEE_QUEEN_HIVE_OFFLINE_AFTER_S": "7200",
-                },
-            )
-        )
+        procs, workers = start_workers(model, math.ceil(max(levels) / SLOTS_PER_WORKER), root)
+        queen_proc, queen = start_queen(root)
+        procs.append(queen_proc)
         for url in workers:
-            wait_healthy(url, "/v1/ready")
-        wait_healthy(queen)
+            wait_http(url + "/v1/ready", timeout=120)
+        wait_http(queen + "/health")
         beat = {
             "url": "http://127.0.0.1:9",
             "models": ["tiny"],
@@ -229,13 +217,12 @@ def main() -> None:
                     "state": "idle",
                     "url": url,
                     "model": "tiny",
-                    "slots": {"total": args.slots, "busy": 0},
+                    "slots": {"total": SLOTS_PER_WORKER, "busy": 0},
                 }
                 for i, url in enumerate(workers)
             ],
         }
         httpx.post(f"{queen}/v2/hives/bench/heartbeat", json=beat).raise_for_status()
-
         body = json.dumps(
             {
                 "model": "tiny",
@@ -245,44 +232,82 @@ def main() -> None:
                 "temperature": 0.8,
             }
         ).encode()
+        direct_urls = [u + "/v1/completions" for u in workers]
+        asyncio.run(run_level("warmup", direct_urls, 4, 8, body))
+        asyncio.run(run_level("warmup", [queen + "/v1/completions"], 4, 8, body))
+        queen_rest_mib = psutil.Process(queen_proc.pid).memory_info().rss / 2**20
         results: list[Result] = []
-        asyncio.run(run_level("warmup", [u + "/v1/completions" for u in workers], 4, 8, body))
         for level in levels:
             requests = max(10, level * args.rounds)
-            direct = asyncio.run(
-                run_level("direct", [u + "/v1/completions" for u in workers], level, requests, body)
-            )
-            relayed = asyncio.run(
-                run_level("queen", [queen + "/v1/completions"], level, requests, body)
-            )
+            direct = asyncio.run(run_level("direct", direct_urls, level, requests, body))
+            with peak_rss(queen_proc.pid) as peak:
+                relayed = asyncio.run(
+                    run_level("queen", [queen + "/v1/completions"], level, requests, body)
+                )
+            relayed.queen_peak_rss_mib = peak[0]
             results += [direct, relayed]
-        report(results)
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
-        print(f"\nwritten {args.json}")
     finally:
-        stop(procs)
-
-
-def report(results: list[Result]) -> None:
-    head = (
-        f"{'streams':>7} {'target':>7} {'ttfb p50 ms':>12} {'ttfb p99 ms':>12} "
-        f"{'tokens/s':>10} {'errors':>6}"
+        stop_all(procs)
+    report(results, queen_rest_mib)
+    write_results(
+        "relay_overhead",
+        {
+            "model": model.name,
+            "workers": len(workers),
+            "slots_per_worker": SLOTS_PER_WORKER,
+            "max_tokens": args.max_tokens,
+            "queen_rest_rss_mib": queen_rest_mib,
+            "results": [asdict(r) for r in results],
+            "targets": {
+                "added_ttfb_p50_ms_at_50": 2,
+                "added_ttfb_p99_ms_at_50": 10,
+                "ratio_at_200": 1.5,
+                "errors_at_1000": 0,
+            },
+        },
+        smoke=args.smoke,
     )
-    print(head)
-    print("-" * len(head))
-    for r in results:
-        print(
-            f"{r.concurrency:>7} {r.target:>7} {r.ttfb_p50_ms:>12.2f} {r.ttfb_p99_ms:>12.2f} "
-            f"{r.tokens_per_s:>10.0f} {r.errors:>6}"
-        )
-    print("\nqueen / direct")
-    print(f"{'streams':>7} {'ttfb p50':>10} {'ttfb p99':>10} {'tokens/s':>10}")
-    for direct, queen in zip(results[::2], results[1::2], strict=True):
-        print(
-            f"{direct.concurrency:>7} {queen.ttfb_p50_ms / direct.ttfb_p50_ms:>10.2f} "
-            f"{queen.ttfb_p99_ms / direct.ttfb_p99_ms:>10.2f} "
-            f"{queen.tokens_per_s / direct.tokens_per_s:>10.2f}"
-        )
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        stop(proc)
+
+
+def report(results: list[Result], queen_rest_mib: float) -> None:
+    print_table(
+        "streams direct to the workers and through the queen",
+        ["streams", "target", "ttfb p50 ms", "ttfb p99 ms", "tokens/s", "errors", "queen MiB"],
+        [
+            [
+                r.concurrency,
+                r.target,
+                r.ttfb_p50_ms,
+                r.ttfb_p99_ms,
+                r.tokens_per_s,
+                r.errors,
+                r.queen_peak_rss_mib or "",
+            ]
+            for r in results
+        ],
+    )
+    print_table(
+        f"queen vs direct (queen at rest: {queen_rest_mib:.0f} MiB)",
+        ["streams", "added ttfb p50 ms", "added ttfb p99 ms", "ttfb p50 x", "tokens/s x"],
+        [
+            [
+                d.concurrency,
+                q.ttfb_p50_ms - d.ttfb_p50_ms,
+                q.ttfb_p99_ms - d.ttfb_p99_ms,
+                q.ttfb_p50_ms / d.ttfb_p50_ms,
+                q.tokens_per_s / d.tokens_per_s,
+            ]
+            for d, q in zip(results[::2], results[1::2], strict=True)
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import httpx
 
 from benchmarks._common import (
     VENV_BIN,
+    free_port,
     median,
     model_path,
     print_table,
@@ -34,13 +34,6 @@ from benchmarks._common import (
 )
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Run:
@@ -293,6 +286,7 @@ def main() -> None:
                 "last_100_us": last,
             },
         },
+        smoke=args.smoke,
     )
 
 
