@@ -3,7 +3,8 @@
 `FileServer` is a real HTTP server on a thread. It serves one payload under paths that
 pick a behaviour: `/ok/...` (Range honoured), `/drop/...` (the first request is cut off
 half-way), `/404/...`, `/403/...`, `/stall/...` (sends some bytes, then nothing),
-`/gate/...` (sends some bytes, then waits for `gate` to be set), and
+`/gate/...` (sends some bytes, then waits for `gate` to be set), `/huge/...` (announces
+a petabyte file, sends 4 KiB of it, then nothing), and
 `/<org>/<repo>/resolve/<rev>/<file>` like the Hugging Face Hub. It records every request.
 """
 
@@ -24,6 +25,8 @@ import psutil
 
 from shared.sse import SSEParser
 from tests.procs import Processes, Service, free_port, wait_until
+
+HUGE_BYTES = 10**15  # 1 PB: more than any test machine's free disk
 
 
 @dataclass
@@ -78,6 +81,8 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self._body(head, pause_at=len(server.payload) // 4, pause=server.closing)
             elif kind == "gate":
                 self._body(head, pause_at=len(server.payload) // 4, pause=server.gate)
+            elif kind == "huge":
+                self._huge(head)
             else:
                 self._body(head)
 
@@ -87,6 +92,20 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header(key, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        def _huge(self, head: bool) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(HUGE_BYTES))
+            self.end_headers()
+            self.close_connection = True
+            if head:
+                return
+            try:  # a little of it, then nothing: a client that writes on stalls, not fills
+                self.wfile.write(server.payload[:4096])
+                self.wfile.flush()
+            except OSError:
+                return
+            server.closing.wait(timeout=30)
 
         def _hub(self, head: bool) -> None:
             if server.hf_status != 200:

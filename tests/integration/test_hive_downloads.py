@@ -181,14 +181,29 @@ def test_hf_reference_goes_through_hf_endpoint(hive: Service, files: FileServer)
     assert files.count("/test-org/tiny-GGUF/resolve/main/tiny.Q4_K_M.gguf") == 1
 
 
-def test_hf_refusal_says_to_set_hf_token(hive: Service, files: FileServer) -> None:
-    files.hf_status = 401
+@pytest.mark.parametrize("status", [401, 403])
+def test_hf_refusal_says_to_set_hf_token(hive: Service, files: FileServer, status: int) -> None:
+    files.hf_status = status
     try:
-        end = terminal(download(hive.url, "hf:test-org/gated-GGUF:gated.gguf"))
+        end = terminal(download(hive.url, f"hf:test-org/gated-{status}-GGUF:gated.gguf"))
     finally:
         files.hf_status = 200
     assert end["type"] == "error", end
     assert "HF_TOKEN" in end["message"], end
+
+
+def test_file_larger_than_the_free_disk_is_refused_before_writing(
+    hive: Service, files: FileServer, home: Path
+) -> None:
+    before = sorted(p.name for p in models_dir(home).iterdir())
+    end = terminal(download(hive.url, f"{files.url}/huge/enormous.gguf"))
+    assert (end["type"], end["code"]) == ("error", "INSUFFICIENT_DISK"), end
+    assert "disk space" in end["message"] and "GiB required" in end["message"], end
+    assert files.count("/huge/enormous.gguf") == 1  # not retried: another try cannot help
+    # Nothing written: no model, no .part file, and the catalog is unchanged.
+    assert sorted(p.name for p in models_dir(home).iterdir()) == before
+    listed = httpx.get(hive.url + "/v1/models").json()["data"]
+    assert "enormous" not in {m["id"] for m in listed}
 
 
 def test_spawn_of_a_model_not_on_disk_downloads_it_first(hive: Service, files: FileServer) -> None:

@@ -17,6 +17,7 @@ import pytest
 from rbee_hive.sources import bundled_available
 from shared.auth import Audience, Role, mint_token
 from shared.hives import Heartbeat, HiveRegistration
+from shared.workers import WorkerInfo
 from tests.hive.support import download, start_hive, write_secret
 from tests.procs import Processes, free_port, wait_until
 
@@ -121,3 +122,62 @@ def test_hive_registers_and_heartbeats_once_the_queen_appears(
     assert f"file:{tiny_model}" in beat.models
     if bundled_available():  # the quick-start model is listed before its first use
         assert "gemma3-270m" in beat.models
+
+
+def test_heartbeat_snapshot_carries_the_hives_live_workers(
+    processes: Processes, rbee_home: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    secret = write_secret(tmp_path / "jwt.secret", SECRET)
+    queen = FakeQueen()
+    queen_port = free_port()
+    runner = run_queen(queen_port, queen)
+    next(runner)
+    try:
+        hive = start_hive(
+            processes,
+            rbee_home,
+            env={
+                "RBEE_HIVE_JWT_SECRET_FILE": str(secret),
+                "RBEE_HIVE_QUEEN_URL": f"http://127.0.0.1:{queen_port}",
+                "RBEE_HIVE_HEARTBEAT_INTERVAL_S": "0.3",
+                "RBEE_HIVE_ID": "hb-workers",
+            },
+        )
+        operator = {
+            "Authorization": "Bearer "
+            + mint_token(SECRET, role=Role.OPERATOR, audience=Audience.HIVE, ttl_s=300)
+        }
+        assert download(hive.url, f"file:{tiny_model}", headers=operator)[-1]["type"] == "end"
+        spawned = httpx.post(
+            hive.url + "/v1/workers/spawn",
+            headers=operator,
+            json={"model_ref": f"file:{tiny_model}"},
+            timeout=10,
+        )
+        assert spawned.status_code == 202, spawned.text
+        worker_id = spawned.json()["id"]
+
+        def latest_workers() -> list[WorkerInfo]:
+            return Heartbeat.model_validate(queen.of("POST")[-1]).workers
+
+        def beat_with_idle_worker() -> WorkerInfo | None:
+            workers = latest_workers() if queen.of("POST") else []
+            return next((w for w in workers if w.id == worker_id and w.state == "idle"), None)
+
+        seen = wait_until(beat_with_idle_worker, timeout=30, what="idle worker in a heartbeat")
+        assert isinstance(seen, WorkerInfo)
+        listed = httpx.get(f"{hive.url}/v1/workers/{worker_id}", headers=operator).json()
+        assert (seen.url, seen.pid, seen.port) == (listed["url"], listed["pid"], listed["port"])
+        assert seen.model == f"file:{tiny_model}" and seen.slots.total == 1
+        assert seen.url is not None and httpx.get(seen.url + "/health").status_code == 200
+
+        stopped = httpx.delete(f"{hive.url}/v1/workers/{worker_id}", headers=operator, timeout=30)
+        assert stopped.status_code == 204
+        beats_before = len(queen.of("POST"))
+        wait_until(
+            lambda: len(queen.of("POST")) > beats_before and latest_workers() == [],
+            timeout=10,
+            what="a heartbeat without the stopped worker",
+        )
+    finally:
+        runner.close()

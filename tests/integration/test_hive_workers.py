@@ -3,10 +3,14 @@ workers on the tiny model. Timers are shortened through the environment."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -157,26 +161,48 @@ def test_unresponsive_worker_is_killed_and_restarted(
     assert not pid_alive(first["pid"])
 
 
-def test_worker_crashing_past_the_restart_limit_is_failed(
+def test_crashed_worker_restarts_with_growing_backoff_then_fails_at_the_limit(
     processes: Processes, rbee_home: Path, tiny_model: Path
 ) -> None:
-    hive = ready_hive(processes, rbee_home, tiny_model, env={"RBEE_HIVE_RESTART_LIMIT": "1"})
+    # Backoff 1, 2 s (the defaults); the third crash within the window is past the limit.
+    hive = ready_hive(processes, rbee_home, tiny_model, env={"RBEE_HIVE_RESTART_LIMIT": "2"})
     worker = spawn(hive, tiny_model)
-    first = wait_worker(hive.url, worker["id"], is_idle, what="idle")
-    os.kill(first["pid"], signal.SIGKILL)
-    second = wait_worker(
-        hive.url,
-        worker["id"],
-        lambda s, b: b["state"] == "idle" and b["restarts"] == 1,
-        timeout=20,
-        what="first restart",
-    )
-    os.kill(second["pid"], signal.SIGKILL)
+    current = wait_worker(hive.url, worker["id"], is_idle, what="idle")
+    for restart, backoff in ((1, 1.0), (2, 2.0)):
+        killed_at = time.monotonic()
+        os.kill(current["pid"], signal.SIGKILL)
+        old_pid = current["pid"]
+        relaunched = wait_worker(
+            hive.url,
+            worker["id"],
+            lambda s, b, old=old_pid: b["pid"] not in (None, old),
+            timeout=backoff + 15,
+            what=f"restart {restart}",
+        )
+        # The new process can only appear once the backoff has passed.
+        waited = time.monotonic() - killed_at
+        assert waited >= backoff - 0.05, (restart, waited)
+        assert relaunched["restarts"] == restart
+        current = wait_worker(
+            hive.url,
+            worker["id"],
+            lambda s, b, n=restart: is_idle(s, b) and b["restarts"] == n,
+            what=f"idle after restart {restart}",
+        )
+    last_pid = current["pid"]
+    os.kill(last_pid, signal.SIGKILL)
     failed = wait_worker(
         hive.url, worker["id"], lambda s, b: b["state"] == "failed", timeout=5, what="failed"
     )
-    assert failed["restarts"] == 1 and failed["pid"] is None
-    assert worker_pids(worker["id"]) == []
+    assert failed["restarts"] == 2 and failed["pid"] is None
+    assert "crashed more than 2 times" in hive.log()
+    # It stays failed and listed, and no fourth process comes.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert worker_pids(worker["id"]) == []
+        time.sleep(0.25)
+    listed = httpx.get(hive.url + "/v1/workers", timeout=5).json()["data"]
+    assert [(w["id"], w["state"]) for w in listed] == [(worker["id"], "failed")]
 
 
 def Processes_kill(pid: int) -> None:
@@ -199,6 +225,9 @@ def test_worker_that_is_not_ready_in_time_is_killed_and_failed(
         hive.url, worker["id"], lambda s, b: b["state"] == "failed", timeout=10, what="failed"
     )
     assert failed["restarts"] == 0  # a model that does not load is not retried
+    assert f"worker {worker['id']} failed: it was not ready within 0.3 s and was killed" in (
+        hive.log()
+    )
     assert worker_pids(worker["id"]) == []
     listed = httpx.get(hive.url + "/v1/workers").json()["data"]
     assert [w["id"] for w in listed] == [worker["id"]]  # failed stays listed
@@ -243,6 +272,79 @@ def test_shutdown_request_stops_workers_and_exits_zero(
     assert httpx.post(hive.url + "/v1/shutdown", timeout=10).status_code == 202
     assert hive.wait_exit(timeout=30) == 0
     assert not pid_alive(pid)
+
+
+def test_sigterm_kills_workers_that_cannot_drain_at_the_budget_in_parallel(
+    processes: Processes, rbee_home: Path, tiny_model: Path
+) -> None:
+    hive = ready_hive(processes, rbee_home, tiny_model, env={"RBEE_HIVE_DRAIN_TIMEOUT_S": "1"})
+    workers = [spawn(hive, tiny_model) for _ in range(2)]
+    pids = [wait_worker(hive.url, w["id"], is_idle, what="idle")["pid"] for w in workers]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)  # cannot act on SIGTERM: only SIGKILL ends it
+    try:
+        started = time.monotonic()
+        hive.signal(signal.SIGTERM)
+        assert hive.wait_exit(timeout=15) == 0
+        took = time.monotonic() - started
+        assert [pid_alive(p) for p in pids] == [False, False]
+        assert all(worker_pids(w["id"]) == [] for w in workers)
+        # It waited the 1 s budget, not 30 s (the default) nor forever.
+        assert 0.9 <= took < 10, took
+        kills = kill_times(hive.log(), [w["id"] for w in workers])
+        # In parallel: both budgets ran out together, not one after the other.
+        assert abs(kills[0] - kills[1]) < 0.5, kills
+    finally:
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def kill_times(log: str, worker_ids: list[str]) -> list[float]:
+    """When the hive logged each worker's SIGKILL at the drain budget (epoch seconds)."""
+    found: dict[str, float] = {}
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if record.get("action") == "worker_killed" and "did not stop in 1 s" in record["msg"]:
+            found[record["worker_id"]] = datetime.fromisoformat(record["ts"]).timestamp()
+    assert sorted(found) == sorted(worker_ids), log[-3000:]
+    return [found[w] for w in worker_ids]
+
+
+def test_worker_port_skips_a_port_in_use(
+    processes: Processes, rbee_home: Path, tiny_model: Path
+) -> None:
+    with two_free_ports() as (busy, first):
+        busy.listen()
+        start = busy.getsockname()[1]
+        hive = start_hive(processes, rbee_home, worker_port_start=start)
+        assert download(hive.url, f"file:{tiny_model}")[-1]["type"] == "end"
+        first.close()  # start + 1 is free now; start is still taken by someone else
+        worker = spawn(hive, tiny_model)
+        assert worker["url"] == f"http://127.0.0.1:{start + 1}"
+        idle = wait_worker(hive.url, worker["id"], is_idle, what="idle")
+        assert idle["port"] == start + 1
+        assert httpx.get(idle["url"] + "/health", timeout=5).status_code == 200
+
+
+@contextlib.contextmanager
+def two_free_ports() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Sockets bound to two adjacent free ports on 127.0.0.1 (port, port + 1)."""
+    for _ in range(50):
+        low, high = socket.socket(), socket.socket()
+        try:
+            low.bind(("127.0.0.1", 0))
+            high.bind(("127.0.0.1", low.getsockname()[1] + 1))
+        except OSError:
+            low.close()
+            high.close()
+            continue
+        with low, high:
+            yield low, high
+        return
+    raise AssertionError("no two adjacent free ports")
 
 
 def test_hive_restarted_within_the_grace_adopts_its_worker(
