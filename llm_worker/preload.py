@@ -31,6 +31,7 @@ class Loaded:
     slots: list[Slot]
     embedder: Slot | None
     n_ctx: int
+    threads: int
 
 
 class Preload:
@@ -79,12 +80,8 @@ class Preload:
         slots = [
             Slot(model, n_ctx=n_ctx, n_batch=s.n_batch, n_threads=threads) for _ in range(s.slots)
         ]
-        embedder = (
-            Slot(model, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, embeddings=True)
-            if s.embeddings
-            else None
-        )
-        return Loaded(model, slots, embedder, slots[0].n_ctx)
+        embedder = embedding_slot(model, n_ctx, threads) if s.embeddings else None
+        return Loaded(model, slots, embedder, slots[0].n_ctx, threads)
 
     def _threads(self) -> int:
         if self.settings.threads:
@@ -92,3 +89,10 @@ class Preload:
         import psutil
 
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def embedding_slot(model: Model, n_ctx: int, threads: int) -> Slot:
+    """A context for `/v1/embeddings` (blocking: call it in a thread)."""
+    from llm_worker.engine import Slot
+
+    return Slot(model, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, embeddings=True)

@@ -4,6 +4,12 @@ Everything here is touched from the event loop only; the generation threads see 
 but their own :class:`Slot`. A slot goes back to the free list only when its thread has
 really finished (not when the request handler gave up), so a cancelled generation can
 never overlap the next one on the same context.
+
+The embedding context is created at load with `--embeddings`, otherwise by the first
+`/v1/embeddings` request (as Ollama serves embeddings from any loaded model). It is one
+future owned by the loop: the first request starts the creation in a pool thread, every
+other request awaits the same future (shielded, so a client that leaves cannot lose the
+context), and embedding calls run one at a time under `_embed_lock`.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from llm_worker.channel import Channel
-from llm_worker.engine import Finished, GenerationParams, Model, Slot
-from llm_worker.preload import Preload
+from llm_worker.engine import EngineError, Finished, GenerationParams, Model, Slot
+from llm_worker.preload import Preload, embedding_slot
 from llm_worker.settings import WorkerSettings
 from shared.errors import (
     AllSlotsBusy,
@@ -50,8 +56,9 @@ class WorkerRuntime:
         self.model: Model | None = None
         self._free: list[Slot] = []
         self._all: list[Slot] = []
-        self._embedder: Slot | None = None
+        self._embedder: asyncio.Future[Slot] | None = None
         self._embed_lock = asyncio.Lock()
+        self._threads = 1
         self.jobs: dict[str, Job] = {}
         self.executor = ThreadPoolExecutor(
             max_workers=settings.slots + 1, thread_name_prefix="llama"
@@ -70,7 +77,10 @@ class WorkerRuntime:
         self._preload = preload
         loaded = await asyncio.wrap_future(preload.future)
         self.model, self._all, self._free = loaded.model, loaded.slots, list(loaded.slots)
-        self._embedder, self.n_ctx = loaded.embedder, loaded.n_ctx
+        self.n_ctx, self._threads = loaded.n_ctx, loaded.threads
+        if loaded.embedder is not None:
+            self._embedder = asyncio.get_running_loop().create_future()
+            self._embedder.set_result(loaded.embedder)
         self.state = "ready"
 
     @property
@@ -145,8 +155,6 @@ class WorkerRuntime:
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         model = self.check_accepting()
-        if self._embedder is None:
-            raise ValidationError("This worker was not started with --embeddings.", param="model")
         token_lists = [model.tokenize(t) for t in texts]
         for tokens in token_lists:
             if len(tokens) > self.n_ctx:
@@ -154,14 +162,37 @@ class WorkerRuntime:
                     f"An input of {len(tokens)} tokens exceeds the context of {self.n_ctx}.",
                     param="input",
                 )
-        embedder = self._embedder
         loop = asyncio.get_running_loop()
-        async with self._embed_lock:
-            vectors = [
-                await loop.run_in_executor(self.executor, embedder.embed, tokens)
-                for tokens in token_lists
-            ]
+        try:
+            embedder = await asyncio.shield(self._embedding_slot(model))
+            async with self._embed_lock:
+                vectors = [
+                    await loop.run_in_executor(self.executor, embedder.embed, tokens)
+                    for tokens in token_lists
+                ]
+        except EngineError as exc:
+            raise WorkerFailed(f"Embedding failed: {exc}.") from exc
         return vectors, sum(len(t) for t in token_lists)
+
+    def _embedding_slot(self, model: Model) -> asyncio.Future[Slot]:
+        """The embedding context's future; the first caller starts its creation."""
+        if self._embedder is None:
+            future = asyncio.get_running_loop().run_in_executor(
+                self.executor, embedding_slot, model, self.n_ctx, self._threads
+            )
+            future.add_done_callback(self._embedder_created)
+            self._embedder = future
+        return self._embedder
+
+    def _embedder_created(self, future: asyncio.Future[Slot]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            if self._embedder is future:
+                self._embedder = None  # the next request tries again
+            return
+        logger.info(
+            "embedding context created on first use",
+            extra={"action": "embeddings_ready", "worker_id": self.settings.worker_id},
+        )
 
     # -- stopping --
 
@@ -176,8 +207,10 @@ class WorkerRuntime:
         await asyncio.to_thread(self.executor.shutdown, True, cancel_futures=True)
         for slot in self._all:
             slot.close()
-        if self._embedder is not None:
-            self._embedder.close()
+        embedder = self._embedder
+        if embedder is not None and embedder.done() and not embedder.cancelled():
+            if embedder.exception() is None:
+                embedder.result().close()
         if self.model is not None:
             self.model.close()
 

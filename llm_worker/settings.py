@@ -25,7 +25,9 @@ class WorkerSettings(ServiceSettings):
     n_batch: int = Field(512, ge=1, description="prompt tokens per decode call")
     threads: int = Field(0, ge=0, description="CPU threads; 0 = physical cores")
     slots: int = Field(1, ge=1, le=64, description="concurrent requests (one context each)")
-    embeddings: bool = Field(False, description="serve /v1/embeddings")
+    embeddings: bool = Field(
+        False, description="create the /v1/embeddings context at load, not on first use"
+    )
     drain_timeout_s: float = Field(30.0, ge=0, description="grace for in-flight work at stop")
     orphan_grace_s: float = Field(60.0, ge=0, description="life without a hive before exiting")
     callback_attempts: int = Field(10, ge=1, description="tries of the ready callback")

@@ -3,15 +3,19 @@
 The sequence for every request (OpenAI or native, streaming or not):
 
 1. `open`: lease a worker from the dispatcher (which may queue or cold start), POST the
-   request to it and wait for its first bytes. Anything that fails before those bytes
+   request to it and wait for its first output (a preamble such as the chat role delta
+   is held back with it: :func:`queen_rbee.relay.read_first`, so a worker that dies
+   while processing the prompt is still invisible). Anything that fails before that
    (connection refused, a 5xx, a stream that closes empty) puts the worker in quarantine
    and tries another one, at most twice more; a busy or loading worker is retried after a
    short backoff without counting as a failover. A 4xx is the client's fault and is
    answered as is.
 2. Streaming: if `open` finishes within `commit_after_s` its status decides the response
    (an error keeps its HTTP status). A longer wait commits 200 and sends keep-alives
-   (comments; native `queued`/`loading` events) until the worker is open; an error after
-   that point is an error event followed by `[DONE]`.
+   (comments; native `queued`/`loading` events while queued or cold starting, comments
+   while the worker processes the prompt) until the worker is open; an error after that
+   point is an error event followed by `[DONE]`. A native stream served by a cold start
+   gets at least one `loading` event before `started`, however fast the start was.
 3. The relay (:mod:`queen_rbee.relay`) passes the worker's bytes through; its `finally`
    releases the lease and cancels the worker's job when the stream did not finish.
 
@@ -47,6 +51,7 @@ from queen_rbee.relay import (
     openai_error_event,
     pump_bytes,
     pump_native,
+    read_first,
 )
 from queen_rbee.settings import QueenSettings
 from shared import correlation
@@ -83,6 +88,24 @@ class Call:
     job_id: str = field(default_factory=lambda: "job-" + uuid.uuid4().hex)
     arrived: float = field(default_factory=time.perf_counter)
     waited_s: float = 0.0
+    leased: bool = False  # holds a worker: waiting for its first output, not in a queue
+
+
+@dataclass
+class Waiting(WaitStatus):
+    """The dispatcher's wait status, remembering the cold start it showed.
+
+    The dispatcher clears `stage` when its cold start ends, maybe before this request got
+    its lease; a native stream still owes its client a `loading` event then.
+    """
+
+    cold_stage: str | None = None
+    loading_sent: bool = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "stage" and value is not None:
+            super().__setattr__("cold_stage", value)
 
 
 def parse_deadline(header: str | None, default_s: float) -> tuple[str, float]:
@@ -154,13 +177,15 @@ class Inference:
                 call.model, status, excluded=excluded, hive_id=call.hive_id
             )
             call.waited_s += time.perf_counter() - waited
-            job.worker_url = lease.url
+            job.worker_url, call.leased = lease.url, True
             try:
                 return await self._try(call, lease)
             except (AllSlotsBusy, WorkerLoading):
+                call.leased = False
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
             except WorkerFailed as exc:
+                call.leased = False
                 excluded.add(lease.worker_id)
                 self.dispatcher.quarantine(lease.worker_id)
                 failovers += 1
@@ -178,7 +203,7 @@ class Inference:
                 self.metrics.failovers.labels(call.model).inc()
 
     async def _try(self, call: Call, lease: Lease) -> Opened:
-        """POST to the worker and read its first bytes; the lease is ours until then."""
+        """POST to the worker and read its first output; the lease is ours until then."""
         overhead = (time.perf_counter() - call.arrived - call.waited_s) * 1000
         try:
             response = await self.upstream.post(
@@ -187,19 +212,26 @@ class Inference:
         except TransportErrors as exc:
             lease.release()
             raise WorkerFailed(f"The worker did not answer ({type(exc).__name__}).") from None
+        except asyncio.CancelledError:
+            self._abandon(call, lease)
+            raise
         except BaseException:
             lease.release()
             raise
         try:
             if response.status != 200:
                 raise self._upstream_error(response.status, await response.read())
-            first = await response.content.readany()
+            first = await read_first(response)
             if not first:
-                raise WorkerFailed("The worker closed the stream before its first byte.")
+                raise WorkerFailed("The worker closed the stream before its first token.")
         except TransportErrors as exc:
             response.close()
             lease.release()
             raise WorkerFailed(f"The worker broke off ({type(exc).__name__}).") from None
+        except asyncio.CancelledError:  # client gone, DELETE or deadline: mid-prompt maybe
+            response.close()
+            self._abandon(call, lease)
+            raise
         except BaseException:
             response.close()
             lease.release()
@@ -207,6 +239,11 @@ class Inference:
         self.metrics.overhead.labels(call.model).observe(overhead / 1000)
         self.metrics.queue_wait.labels(call.model).observe(call.waited_s)
         return Opened(response, first, lease, call.job_id, overhead, call.arrived)
+
+    def _abandon(self, call: Call, lease: Lease) -> None:
+        """Give up a worker that may be running the job: closing alone may go unnoticed."""
+        lease.release()
+        self.upstream.cancel_soon(lease.url, call.job_id, self.worker_headers())
 
     @staticmethod
     def _upstream_error(status: int, body: bytes) -> RbeeError:
@@ -275,7 +312,7 @@ class Inference:
 
     async def stream(self, call: Call) -> Response:
         job = self.jobs.add(call.job_id)
-        status = WaitStatus()
+        status = Waiting()
         task: asyncio.Task[Opened] = asyncio.create_task(self.open(call, status, job))
         job.task = task
         await asyncio.wait({task}, timeout=self.settings.commit_after_s)
@@ -285,13 +322,13 @@ class Inference:
             except BaseException:
                 self.jobs.drop(call.job_id)
                 raise
-            body = self._relay(call, opened)
+            body = self._relay(call, opened, status)
             return SSEResponse(body, headers=self._headers(call, opened.overhead_ms))
         own_ms = (time.perf_counter() - call.arrived - call.waited_s) * 1000
         return SSEResponse(self._late(call, task, status), headers=self._headers(call, own_ms))
 
     async def _late(
-        self, call: Call, task: asyncio.Task[Opened], status: WaitStatus
+        self, call: Call, task: asyncio.Task[Opened], status: Waiting
     ) -> AsyncIterator[bytes]:
         """Keep-alives while the request waits, then the relay (or one error event)."""
         on_error = native_error_event if call.native else openai_error_event
@@ -307,7 +344,7 @@ class Inference:
             except asyncio.CancelledError:  # DELETE /v2/tasks while waiting
                 yield self._cancelled_end(call)
                 return
-            async for chunk in self._relay(call, opened):
+            async for chunk in self._relay(call, opened, status):
                 yield chunk
         finally:
             if not task.done():
@@ -316,14 +353,29 @@ class Inference:
                 await asyncio.gather(task, return_exceptions=True)
             self.jobs.drop(call.job_id)
 
-    def _waiting(self, call: Call, status: WaitStatus) -> bytes:
+    def _waiting(self, call: Call, status: Waiting) -> bytes:
+        if call.leased:  # the worker is processing the prompt: nothing to report
+            return encode_comment("processing prompt")
         if status.stage:
             comment = encode_comment(f"loading stage={status.stage}")
-            event = {"type": "loading", "stage": status.stage, "progress": status.progress}
+            event: dict[str, object] = {
+                "type": "loading",
+                "stage": status.stage,
+                "progress": status.progress,
+            }
+            status.loading_sent = True
         else:
             comment = encode_comment(f"queued position={status.position}")
             event = {"type": "queued", "position": status.position}
         return encode_data(event) if call.native else comment
+
+    @staticmethod
+    def _loading_owed(status: Waiting) -> bytes:
+        """The `loading` event of a cold start that ended before any keep-alive was due."""
+        if status.cold_stage is None or status.loading_sent:
+            return b""
+        status.loading_sent = True
+        return encode_data({"type": "loading", "stage": status.cold_stage, "progress": 1.0})
 
     @staticmethod
     def _cancelled_end(call: Call) -> bytes:
@@ -339,12 +391,12 @@ class Inference:
         }
         return encode_data(end) + DONE
 
-    async def _relay(self, call: Call, opened: Opened) -> AsyncIterator[bytes]:
+    async def _relay(self, call: Call, opened: Opened, status: Waiting) -> AsyncIterator[bytes]:
         stats = StreamStats(itl=self.metrics.itl.labels(call.model))
         expired = asyncio.get_running_loop().call_at(call.deadline, self._expire, opened)
         try:
             if call.native:
-                started = encode_data(
+                started = self._loading_owed(status) + encode_data(
                     {
                         "type": "started",
                         "job_id": call.job_id,

@@ -7,6 +7,12 @@ deadline bounds every call), and bodies are neither decompressed nor re-encoded:
 worker's SSE bytes go to the client exactly as they came, chunk by chunk, with one tail
 check per chunk so that a stream that breaks off still ends with a proper error event.
 
+What counts as the first byte: a worker opens a stream with a preamble that carries no
+output (the native `started` event, the chat role delta), sent before it processes the
+prompt. :func:`read_first` keeps that preamble back until the first event with output
+(a token, a finish, an error, `[DONE]`), so a worker that dies while processing a long
+prompt has still sent the client nothing and the request fails over to another worker.
+
 Cancellation: a pump that ends before the worker's `[DONE]` (client gone, DELETE, deadline)
 closes its upstream connection, which stops the worker's generation, and also sends
 `DELETE /v1/inference/{job_id}` so the slot frees even if the close is not noticed at once.
@@ -108,6 +114,63 @@ class Opened:
         else:
             self.response.release()
         self.lease.release()
+
+
+PREAMBLE_LIMIT = 64 * 1024  # a preamble is one small event; more than this is output
+
+
+async def read_first(response: aiohttp.ClientResponse) -> bytes:
+    """The worker's first bytes with output in them, preamble included.
+
+    b"" when the stream ended before any output. Only SSE is read past its preamble; a
+    JSON answer's first chunk is returned as is.
+    """
+    first = await response.content.readany()
+    if response.content_type != "text/event-stream":
+        return first
+    while first and only_preamble(first) and len(first) < PREAMBLE_LIMIT:
+        more = await response.content.readany()
+        if not more:
+            return b""
+        first += more
+    return first
+
+
+def only_preamble(data: bytes) -> bool:
+    """True while `data` holds nothing but preamble events, comments and a partial event."""
+    *complete, _partial = data.split(b"\n\n")
+    return all(_is_preamble(event) for event in complete)
+
+
+def _is_preamble(event: bytes) -> bool:
+    payload = b"".join(
+        line.removeprefix(b"data:").strip()
+        for line in event.splitlines()
+        if line.startswith(b"data:")
+    )
+    if not payload:
+        return True  # comments only
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        return False  # `[DONE]` and anything unexpected: output
+    if not isinstance(parsed, dict):
+        return False
+    if parsed.get("type") == "started":
+        return True
+    choices = parsed.get("choices")
+    return (
+        isinstance(choices, list)
+        and bool(choices)
+        and all(_is_role_only(choice) for choice in choices)
+    )
+
+
+def _is_role_only(choice: object) -> bool:
+    if not isinstance(choice, dict) or choice.get("finish_reason") is not None:
+        return False
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and not delta.get("content") and "role" in delta
 
 
 def openai_error_event(exc: RbeeError) -> bytes:

@@ -184,11 +184,13 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, runtime: RuntimeDep) -> JSONResponse:
     vectors, n_tokens = await runtime.embed(body.inputs)
+    encode = _base64_floats if body.encoding_format == "base64" else list
     return JSONResponse(
         {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+                {"object": "embedding", "index": i, "embedding": encode(v)}
+                for i, v in enumerate(vectors)
             ],
             "model": body.model,
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},

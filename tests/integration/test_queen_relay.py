@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +31,10 @@ pytestmark = pytest.mark.integration
 
 WORKER_ENV = {"RBEE_WORKER_THREADS": "1"}
 LONG = 3800  # tokens: a stream that runs for a while on the tiny model
+# Small prompt batches stretch the processing of a 2000-token prompt on the tiny model to
+# one to three seconds, so a test can act while a worker holds a job but has no token yet.
+SLOW_PROMPT_ENV = {**WORKER_ENV, "RBEE_WORKER_N_BATCH": "32"}
+LONG_PROMPT = [{"role": "user", "content": "Summarise: " + "the story " * 1000}]
 
 
 @pytest.fixture
@@ -135,6 +142,52 @@ def test_a_worker_killed_before_its_first_byte_is_invisible(
     assert 'rbee_failovers_total{model="tiny"} 1.0' in metrics
 
 
+def test_a_worker_killed_while_processing_the_prompt_is_invisible(
+    processes: Processes, tiny_model: Path, rbee_home: Path
+) -> None:
+    # The kill lands after the worker took the job (its slot is busy and it has sent its
+    # role delta) and before its first token.
+    a = start_worker(processes, tiny_model, env=SLOW_PROMPT_ENV)
+    b = start_worker(processes, tiny_model, env=SLOW_PROMPT_ENV)
+    queen = start_queen(processes, rbee_home / "queen")
+    beat(queen, "h1", [worker_info(a), worker_info(b)])
+    body = {"model": "tiny", "messages": LONG_PROMPT, "max_tokens": 16, "stream": True}
+    lines: list[tuple[float, str]] = []
+
+    def consume() -> None:
+        with httpx.stream("POST", queen.url + "/v1/chat/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200, r.read()
+            lines.extend((time.monotonic(), line) for line in sse_lines(r))
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    holder = wait_until(
+        lambda: next((w for w in (a, b) if slots_busy(w) == 1), None),
+        timeout=10,
+        interval=0.005,
+        what="a worker holding the job",
+    )
+    assert isinstance(holder, Service)
+    holder.proc.kill()
+    killed = time.monotonic()
+    reader.join(60)
+
+    data = [(t, line) for t, line in lines if line.startswith("data: ")]
+    assert data and data[0][0] > killed  # nothing of the dead worker reached the client
+    events = data_events([line for _, line in data])
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all("error" not in c for c in chunks), chunks
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    survivor = b if holder is a else a
+    assert survivor.proc.poll() is None
+    wait_slot_free(survivor)
+    metrics = httpx.get(queen.url + "/metrics").text
+    assert 'rbee_failovers_total{model="tiny"} 1.0' in metrics
+
+
 def test_a_worker_killed_mid_stream_gives_an_error_event_then_done(
     one: tuple[Service, Service],
 ) -> None:
@@ -172,6 +225,27 @@ def test_client_disconnect_frees_the_worker_slot_within_1s(one: tuple[Service, S
     left = time.monotonic()
     wait_slot_free(worker, timeout=1.0)
     assert time.monotonic() - left < 1.0
+
+
+def test_a_client_that_leaves_during_prompt_processing_frees_the_slot_within_1s(
+    processes: Processes, tiny_model: Path, rbee_home: Path
+) -> None:
+    # The queen holds the worker's preamble back until its first token, so a client that
+    # leaves now has received nothing; the worker must still stop at once.
+    worker = start_worker(processes, tiny_model, env=SLOW_PROMPT_ENV)
+    queen = start_queen(processes, rbee_home / "queen", env={"RBEE_QUEEN_COMMIT_AFTER_S": "0"})
+    beat(queen, "h1", [worker_info(worker)])
+    body = {"model": "tiny", "messages": LONG_PROMPT, "max_tokens": 16, "stream": True}
+    with httpx.stream(
+        "POST", queen.url + "/v1/chat/completions", json=body, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        wait_until(lambda: slots_busy(worker) == 1, timeout=10, interval=0.005, what="busy")
+    left = time.monotonic()
+    wait_slot_free(worker, timeout=1.0)
+    assert time.monotonic() - left < 1.0
+    metrics = httpx.get(queen.url + "/metrics").text
+    assert 'rbee_cancellations_total{model="tiny"} 1.0' in metrics
 
 
 def test_delete_task_cancels_the_job_at_the_worker(one: tuple[Service, Service]) -> None:
@@ -282,3 +356,87 @@ def test_a_client_that_gives_up_on_a_non_streaming_request_frees_the_slot(
     wait_slot_free(worker, timeout=1.0)  # a 3800-token answer would take seconds
     metrics = httpx.get(queen.url + "/metrics").text
     assert 'rbee_cancellations_total{model="tiny"} 1.0' in metrics
+
+
+def _request_waiting_for_its_body(url: str, path: str, body: bytes) -> socket.socket:
+    """A request whose headers the server has read and whose body it now waits for.
+
+    `Expect: 100-continue` makes uvicorn answer `100 Continue` when the app first asks for
+    the body, so the test knows the request is in the app before the stop signal.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    interim = b""
+    while not interim.endswith(b"\r\n\r\n"):
+        interim += sock.recv(1)
+    assert interim.startswith(b"HTTP/1.1 100"), interim
+    return sock
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(url + "/health", timeout=1)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_sigterm_refuses_new_inference_and_lets_the_running_stream_finish(
+    one: tuple[Service, Service],
+) -> None:
+    queen, worker = one
+    body = {"model": "tiny", "prompt": "Tell me a story", "max_tokens": 1500}
+    lines: list[str] = []
+    streaming = threading.Event()
+
+    def consume() -> None:
+        with httpx.stream("POST", queen.url + "/v2/tasks", json=body, timeout=90) as response:
+            for line in sse_lines(response):
+                lines.append(line)
+                if '"type":"token"' in line:
+                    streaming.set()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert streaming.wait(30), lines
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    late = _request_waiting_for_its_body(
+        queen.url, "/v1/chat/completions", json.dumps(chat).encode()
+    )
+    queen.signal(signal.SIGTERM)
+    at_signal = len(lines)
+    wait_until(lambda: _refused(queen.url), timeout=10, what="the queen to stop listening")
+    with pytest.raises(httpx.ConnectError):  # new connections are not accepted at all
+        httpx.post(queen.url + "/v1/chat/completions", json=chat, timeout=5)
+    late.sendall(json.dumps(chat).encode())
+    status, answer = _read_response(late)
+    late.close()
+    assert status == 503 and json.loads(answer)["error"]["code"] == "SHUTTING_DOWN"
+
+    reader.join(60)
+    events = data_events(lines)
+    assert len(lines) > at_signal + 10  # the stream went on after the signal
+    assert events[-1] == "[DONE]"
+    assert events[-2]["type"] == "end" and events[-2]["tokens_out"] == 1500
+    assert queen.wait_exit(30) == 0
+    wait_slot_free(worker)
+
+    # Every line the queen wrote is one JSON log record (stdout and stderr both).
+    records = [json.loads(line) for line in queen.log().splitlines() if line.strip()]
+    assert records and all(
+        {"ts", "level", "service", "action", "msg"} <= r.keys() for r in records
+    ), records
+    assert {r["service"] for r in records} == {"queen-rbee"}
+    assert {"start", "drain", "stop"} <= {r["action"] for r in records}

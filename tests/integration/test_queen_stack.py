@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.queen.stack import (
     start_queen,
     started,
 )
+from tests.tinymodel import N_EMBD
 
 pytestmark = pytest.mark.integration
 
@@ -36,19 +38,60 @@ def test_cold_start_then_two_hives_share_the_work_and_a_dead_hive_gets_none(
     sdk = openai.OpenAI(base_url=queen.url + "/v1", api_key="unused", max_retries=0)
     request.addfinalizer(sdk.close)
 
-    # Cold start: no worker serves the model yet; the queen has a hive spawn one.
+    # Cold start: no worker serves the model yet; the queen has a hive spawn one, and the
+    # native stream says so (a `loading` event) before the job starts.
     assert queen_workers(queen) == []
+    events = run_task(queen, model)
+    kinds = [e["type"] for e in events[:-1]]
+    assert "loading" in kinds and kinds.index("loading") < kinds.index("started"), kinds
+    loading = next(e for e in events[:-1] if e["type"] == "loading")
+    assert loading["stage"] in ("downloading", "spawning", "loading_model")
+    assert 0 <= loading["progress"] <= 1
+    assert kinds[-1] == "end" and events[-1] == "[DONE]"
+    first = queen_workers(queen)
+    assert [(w["hive_id"], w["model"]) for w in first] == [("h1", model)]
+
+    # The official SDK against the worker the hive spawned: chat, a stream with usage,
+    # embeddings (the worker was not started with --embeddings: it makes them on demand).
     reply = sdk.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5
     )
     assert reply.choices[0].message.content
-    first = queen_workers(queen)
-    assert [(w["hive_id"], w["model"]) for w in first] == [("h1", model)]
+    chunks = list(
+        sdk.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason == "length"
+    usage = chunks[-1].usage  # the last chunk before the stream's end
+    assert chunks[-1].choices == [] and usage is not None
+    assert all(c.usage is None for c in chunks[:-1])
+    assert usage.completion_tokens == 5 and usage.prompt_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    embedded = sdk.embeddings.create(model=model, input=["hello world", "something else"])
+    a, b = (item.embedding for item in embedded.data)
+    assert len(a) == len(b) == N_EMBD and a != b
+    assert all(abs(sum(x * x for x in v) - 1.0) < 1e-4 for v in (a, b))  # L2-normalised
+    assert embedded.usage.prompt_tokens > 0
 
-    # A second hive on its own port, with its own worker for the same model.
+    # A second hive on its own port, with its own worker for the same model; the
+    # operator's correlation id reaches the hive with the spawn.
     h2 = start_hive(processes, queen, "h2", tmp_path / "h2")
-    spawn = httpx.post(queen.url + "/v2/workers", json={"model": model, "hive_id": "h2"})
+    cid = "6d1f0c2a-9b3e-4f5a-8c7d-0e1f2a3b4c5d"
+    spawn = httpx.post(
+        queen.url + "/v2/workers",
+        json={"model": model, "hive_id": "h2"},
+        headers={"X-Correlation-ID": cid},
+    )
     assert spawn.status_code == 202, spawn.text
+    assert spawn.headers["x-correlation-id"] == cid
+    spawned = [json.loads(x) for x in h2.log().splitlines() if x.startswith("{")]
+    assert any(r["action"] == "worker_spawn" and r.get("correlation_id") == cid for r in spawned)
     wait_until(
         lambda: (
             {w["hive_id"] for w in queen_workers(queen) if w["state"] in ("idle", "busy")}
@@ -150,12 +193,17 @@ def test_with_a_cluster_secret_every_hop_authenticates(
 def test_a_hive_added_by_url_that_sends_no_heartbeats_is_polled(
     processes: Processes, tiny_model: Path, tmp_path: Path
 ) -> None:
-    queen = start_queen(processes, tmp_path / "queen", env=FAST_QUEEN)
+    # The stream waits for its worker before it commits (no keep-alive ever falls due),
+    # yet the cold start is still announced with a `loading` event before `started`.
+    env = {**FAST_QUEEN, "RBEE_QUEEN_COMMIT_AFTER_S": "120"}
+    queen = start_queen(processes, tmp_path / "queen", env=env)
     hive = start_hive(processes, queen, "quiet", tmp_path / "quiet", register=False)
     added = httpx.post(queen.url + "/v2/hives", json={"id": "quiet", "url": hive.url})
     assert added.status_code == 201 and added.json()["state"] == "offline"
     wait_until(lambda: hive_state(queen, "quiet") == "online", timeout=10, what="polled")
     events = run_task(queen, f"file:{tiny_model}")
+    assert [e["type"] for e in events[:2]] == ["loading", "started"], events[:3]
+    assert events[0]["progress"] == 1.0
     assert events[-2]["type"] == "end" and started(events)["worker_id"]
     hive.proc.kill()
     wait_until(lambda: hive_state(queen, "quiet") == "stale", timeout=10, what="stale")

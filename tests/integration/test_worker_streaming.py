@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -154,3 +157,33 @@ def test_embeddings_when_enabled(processes: Processes, tiny_model: Path, rbee_ho
         json={"model": "tiny", "input": "hello world", "encoding_format": "float"},
     )
     assert plain.json()["data"][0]["embedding"] == pytest.approx(a, abs=1e-6)
+    assert "created on first use" not in worker.log()  # made at load, as asked
+
+
+def test_embeddings_without_the_flag_create_their_context_on_first_use(worker: Service) -> None:
+    """Any loaded model serves embeddings; concurrent first requests share one context."""
+
+    def embed(text: str) -> list[float]:
+        response = httpx.post(
+            worker.url + "/v1/embeddings", json={"model": "tiny", "input": text}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        vector: list[float] = response.json()["data"][0]["embedding"]
+        return vector
+
+    with ThreadPoolExecutor(4) as pool:
+        vectors = list(pool.map(embed, ["hello world"] * 4 + ["something else"]))
+    assert all(v == vectors[0] for v in vectors[:4]) and vectors[4] != vectors[0]
+    assert len(vectors[0]) == 64 and abs(sum(x * x for x in vectors[0]) - 1.0) < 1e-4
+    assert worker.log().count("created on first use") == 1
+    # A generation still runs beside the embedding context.
+    done = httpx.post(
+        worker.url + "/v1/completions", json={"model": "t", "prompt": "Hi", "max_tokens": 3}
+    )
+    assert done.status_code == 200 and done.json()["choices"][0]["text"]
+    packed = httpx.post(
+        worker.url + "/v1/embeddings",
+        json={"model": "tiny", "input": "hello world", "encoding_format": "base64"},
+    ).json()["data"][0]["embedding"]
+    raw = base64.b64decode(packed)
+    assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == pytest.approx(vectors[0], abs=1e-6)

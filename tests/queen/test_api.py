@@ -412,3 +412,55 @@ async def test_worker_restarts_reported_by_heartbeats_are_counted(
     await queen.post("/v2/hives/h1/heartbeat", json=heartbeat(workers=[{**WORKER, "restarts": 2}]))
     text = (await queen.get("/metrics")).text
     assert 'rbee_worker_restarts_total{hive_id="h1"} 2.0' in text
+
+
+HIVE_WRITES = [("PUT", "/v2/hives/h1"), ("POST", "/v2/hives/h1/heartbeat")]
+WRONG_TYPES: list[tuple[str, str, Any, str | None]] = [
+    ("PUT", "/v2/hives/h1", {"url": 5, "version": "1"}, "url"),
+    ("PUT", "/v2/hives/h1", {"url": "http://127.0.0.1:9", "version": ["1"]}, "version"),
+    (
+        "PUT",
+        "/v2/hives/h1",
+        {"url": "http://127.0.0.1:9", "version": "1", "capabilities": "big"},
+        "capabilities",
+    ),
+    ("PUT", "/v2/hives/h1", "http://127.0.0.1:9", None),
+    ("POST", "/v2/hives/h1/heartbeat", {"workers": {"id": "w1"}}, "workers"),
+    ("POST", "/v2/hives/h1/heartbeat", {"workers": [{**WORKER, "slots": 2}]}, "workers.0.slots"),
+    ("POST", "/v2/hives/h1/heartbeat", {"workers": [{**WORKER, "state": "?"}]}, "workers.0.state"),
+    ("POST", "/v2/hives/h1/heartbeat", {"workers": [], "models": "tiny"}, "models"),
+    ("POST", "/v2/hives/h1/heartbeat", [WORKER], None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "param"), WRONG_TYPES)
+async def test_hive_registration_and_heartbeat_with_wrong_types_are_400(
+    queen: httpx.AsyncClient, method: str, path: str, body: Any, param: str | None
+) -> None:
+    await queen.put("/v2/hives/h1", json={"url": "http://127.0.0.1:9", "version": "1"})
+    error = assert_envelope(await queen.request(method, path, json=body), 400, "VALIDATION_ERROR")
+    if param is not None:
+        assert error["param"] == param
+    assert (await queen.get("/v2/hives/h1")).json()["url"] == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(("method", "path"), HIVE_WRITES)
+async def test_hive_registration_and_heartbeat_refuse_broken_and_oversized_bodies(
+    queen: httpx.AsyncClient, method: str, path: str
+) -> None:
+    await queen.put("/v2/hives/h1", json={"url": "http://127.0.0.1:9", "version": "1"})
+    headers = {"content-type": "application/json"}
+    for raw in [b'{"url": "http://\xff\xfe", "version": "1"}', b"\xc3\x28", b"{not json", b""]:
+        response = await queen.request(method, path, content=raw, headers=headers)
+        assert_envelope(response, 400, "VALIDATION_ERROR")
+    huge = b'{"url": "http://127.0.0.1:9", "version": "' + b"1" * (1024 * 1024 + 10) + b'"}'
+    response = await queen.request(method, path, content=huge, headers=headers)
+    assert_envelope(response, 413, "PAYLOAD_TOO_LARGE")
+
+    async def chunks() -> Any:  # no Content-Length: the limit applies while reading
+        for _ in range(1100):
+            yield b" " * 1024
+
+    response = await queen.request(method, path, content=chunks(), headers=headers)
+    assert_envelope(response, 413, "PAYLOAD_TOO_LARGE")
+    assert (await queen.get("/v2/hives/h1")).json()["url"] == "http://127.0.0.1:9"

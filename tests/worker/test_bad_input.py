@@ -108,7 +108,14 @@ CASES: list[tuple[str, Any, int, str, str | None]] = [
     (NATIVE, {"max_tokens": 3}, 400, "VALIDATION_ERROR", "prompt"),
     (NATIVE, {"prompt": "x", "job_id": "../../etc"}, 400, "VALIDATION_ERROR", "job_id"),
     (NATIVE, {"prompt": "x", "unknown": 1}, 400, "VALIDATION_ERROR", "unknown"),
-    ("/v1/embeddings", {"model": "m", "input": "x"}, 400, "VALIDATION_ERROR", "model"),
+    ("/v1/embeddings", {"model": "m", "input": ""}, 400, "VALIDATION_ERROR", "input"),
+    (
+        "/v1/embeddings",
+        {"model": "m", "input": "x", "encoding_format": 1},
+        400,
+        "VALIDATION_ERROR",
+        "encoding_format",
+    ),
 ]
 
 
