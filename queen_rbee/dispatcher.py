@@ -31,7 +31,10 @@ from shared.workers import SpawnRequest, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 0.2
+RECHECK_S = 1.0  # a waiting request re-runs its decision at least this often
+# How often a cold start asks its hive whether the new worker is ready: a local GET costs
+# little, and every interval is latency added to the first request's first token.
+COLD_START_POLL_S = 0.05
 
 
 @dataclass
@@ -211,7 +214,7 @@ class Dispatcher:
                 self._plan(model, excluded, hive_id, since)
                 self._update(status, model, queue, ticket)
                 try:
-                    await asyncio.wait_for(changed.wait(), timeout=POLL_S * 5)
+                    await asyncio.wait_for(changed.wait(), timeout=RECHECK_S)
                 except TimeoutError:
                     pass
         finally:
@@ -285,7 +288,7 @@ class Dispatcher:
             if info.state == "failed":
                 raise WorkerFailed("The new worker failed to load its model.")
             cold.stage = "downloading" if info.state == "downloading" else "loading_model"
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(COLD_START_POLL_S)
             info = await self.control.worker(_url(hive), info.id)
             cold.worker = info
         self._ready_seen.add(info.id)
