@@ -7,11 +7,12 @@ CPU time to absorb heartbeats from many hives.
    `try_lease` (gather the model's candidates, pick one, count it in flight) and the
    release. Also the worst case: every worker serving the one model asked for.
    Target: <= 100 us at 10,000 workers.
-2. Heartbeats: a real `queen-rbee` process and 1,000 simulated hives, each a real HTTP
-   client that registers (`PUT /v2/hives/{id}`) and then sends a full snapshot (two
-   workers, capabilities, two models) every 5 s, spread evenly over the interval. The
-   queen's own CPU time (user + system, from /proc) over whole intervals, as a share of
-   one core. Target: < 10 %.
+2. Heartbeats: a real `queen-rbee` process with a cluster secret, and 1,000 simulated
+   hives, each a real HTTP client that registers (`PUT /v2/hives/{id}`) and then sends a
+   full snapshot (two workers, capabilities, two models) every 5 s, spread evenly over
+   the interval, each call with a fresh JWT (role `hive`) as a real hive sends. The
+   queen's own CPU time (user + system) over whole intervals, as a share of one core.
+   Target: < 10 %.
 
     .venv/bin/python -m benchmarks.control_plane
     .venv/bin/python -m benchmarks.control_plane --smoke     # CI: tiny sizes
@@ -43,12 +44,14 @@ from benchmarks._common import (
 )
 from queen_rbee.dispatcher import Dispatcher
 from queen_rbee.registry import Registry
+from shared.auth import Audience, Role, mint_token
 from shared.hives import Heartbeat
 from shared.workers import Slots, WorkerInfo
 
 WORKERS_PER_HIVE = 10
 WORKERS_PER_MODEL = 20
 HEARTBEAT_INTERVAL_S = 5.0
+SECRET = "benchmark-cluster-secret-0123456789abcdef"
 
 
 # ---- 1. scheduler decision time ----------------------------------------------------------
@@ -153,22 +156,28 @@ async def _simulated_hive(
     hive_id = f"sim-{hive}"
     url = f"http://10.1.{hive // 250}.{hive % 250}:9200"
     body = _snapshot(hive, url)
-    headers = {"Content-Type": "application/json"}
     failures = 0
     registration = f'{{"url": "{url}", "version": "0.1.0"}}'.encode()
-    async with session.put(f"{queen}/v2/hives/{hive_id}", data=registration, headers=headers) as r:
+    async with session.put(
+        f"{queen}/v2/hives/{hive_id}", data=registration, headers=_headers()
+    ) as r:
         failures += r.status != 200
     loop = asyncio.get_running_loop()
     next_beat = loop.time() + offset
     while next_beat < until:
         await asyncio.sleep(max(0.0, next_beat - loop.time()))
         async with session.post(
-            f"{queen}/v2/hives/{hive_id}/heartbeat", data=body, headers=headers
+            f"{queen}/v2/hives/{hive_id}/heartbeat", data=body, headers=_headers()
         ) as r:
             await r.read()
             failures += r.status != 200
         next_beat += HEARTBEAT_INTERVAL_S
     return failures
+
+
+def _headers() -> dict[str, str]:
+    token = mint_token(SECRET, role=Role.HIVE, audience=Audience.QUEEN, ttl_s=60)
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
 
 
 def _cpu_s(proc: psutil.Process) -> float:
@@ -182,8 +191,14 @@ def heartbeat_cpu(hives: int, intervals: int) -> dict[str, Any]:
     port = free_port()
     queen = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as home:
+        secret = Path(home) / "jwt.secret"
+        secret.write_text(SECRET)
+        secret.chmod(0o600)
         proc = subprocess.Popen(
-            [str(VENV_BIN / "queen-rbee"), "--port", str(port), "--data-dir", home],
+            [
+                str(VENV_BIN / "queen-rbee"),
+                *("--port", str(port), "--data-dir", home, "--jwt-secret-file", str(secret)),
+            ],
             env={**os.environ, "RBEE_QUEEN_LOG_LEVEL": "warning"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

