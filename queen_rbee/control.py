@@ -54,6 +54,18 @@ class Control:
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
 
+    async def delete_model(self, url: str, model_id: str) -> None:
+        try:
+            await self.hive(url).delete_model(model_id)
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+
+    async def shutdown(self, url: str) -> None:
+        try:
+            await self.hive(url).shutdown()
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+
     async def snapshot(self, url: str) -> Heartbeat:
         """What a heartbeat would say, asked of the hive itself."""
         hive = self.hive(url)

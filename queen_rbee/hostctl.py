@@ -1,4 +1,4 @@
-"""Hives the queen starts and stops itself, over SSH (asyncssh).
+"""Starting and stopping hives: over SSH (asyncssh) for the hives the queen manages.
 
 Adding a hive with `ssh` runs a preflight (connect, `rbee-hive --version`), starts the hive
 in the background on that host (`nohup`, its pid echoed back and kept in the registry),
@@ -7,6 +7,12 @@ workers first) and falls back to `kill <pid>` over SSH. Only hives with a record
 are stopped at the queen's own shutdown: the ones it started; a queen that starts again
 starts its SSH hives again (in the background, so a host that is down delays nothing).
 Every argument of a remote command is quoted with `shlex.quote`.
+
+An operator's `start` works for SSH hives only: a hive added by URL is run by someone
+else, and the queen has no way onto its machine (409 `HIVE_NOT_MANAGED`). `stop` works for
+every hive that answers: it is asked to shut down over HTTP (`POST /v1/shutdown`), as the
+cascading shutdown does; an SSH hive also gets the `kill` fallback. One lock per hive
+serialises starts and stops, so two operators cannot start one hive twice.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-from typing import Any
+from typing import Any, Literal
 
 import asyncssh
 
@@ -22,7 +28,7 @@ from queen_rbee.control import Control
 from queen_rbee.registry import Hive, Registry
 from queen_rbee.settings import QueenSettings
 from shared.auth import is_loopback
-from shared.errors import HiveUnreachable, RbeeError
+from shared.errors import HiveNotManaged, HiveUnreachable, RbeeError
 from shared.hives import SshTarget
 
 logger = logging.getLogger(__name__)
@@ -31,12 +37,19 @@ CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
+HiveStartResult = Literal["started", "already_running"]
+HiveStopResult = Literal["stopped", "not_running", "stopping"]
+
 
 class HiveHosts:
     def __init__(self, settings: QueenSettings, registry: Registry, control: Control) -> None:
         self.settings = settings
         self.registry = registry
         self.control = control
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, hive_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(hive_id, asyncio.Lock())
 
     async def _connect(self, target: SshTarget) -> asyncssh.SSHClientConnection:
         options: dict[str, Any] = {"port": target.port, "username": target.user}
@@ -83,6 +96,11 @@ class HiveHosts:
         return version.strip()
 
     async def start(self, hive: Hive) -> None:
+        """Start an SSH hive and wait until it answers."""
+        async with self._lock(hive.id):
+            await self._start(hive)
+
+    async def _start(self, hive: Hive) -> None:
         assert hive.ssh is not None
         target = hive.ssh
         bind = "127.0.0.1" if is_loopback(target.host) else "0.0.0.0"
@@ -119,6 +137,11 @@ class HiveHosts:
             ) from None
 
     async def stop(self, hive: Hive) -> None:
+        """Stop an SSH hive this queen started; any other hive is left alone."""
+        async with self._lock(hive.id):
+            await self._stop(hive)
+
+    async def _stop(self, hive: Hive) -> None:
         if hive.ssh is None or hive.ssh_pid is None:
             return
         if hive.url:
@@ -160,9 +183,38 @@ class HiveHosts:
                 )
 
     async def _restart(self, hive: Hive) -> None:
-        if hive.url and await self.control.healthy(hive.url):
-            return  # still running (the queen did not stop it, or someone else started it)
-        await self.start(hive)
+        async with self._lock(hive.id):
+            if hive.url and await self.control.healthy(hive.url):
+                return  # still running (the queen did not stop it, or someone else started it)
+            await self._start(hive)
+
+    async def start_hive(self, hive: Hive) -> HiveStartResult:
+        """An operator's start: SSH hives only; one that already answers is left alone."""
+        if hive.ssh is None:
+            raise HiveNotManaged(
+                f"Hive '{hive.id}' was added by URL, so the queen cannot start it: start "
+                "rbee-hive on its machine, or add the hive with SSH to let the queen manage it."
+            )
+        async with self._lock(hive.id):
+            if hive.url and await self.control.healthy(hive.url):
+                return "already_running"
+            await self._start(hive)
+        return "started"
+
+    async def stop_hive(self, hive: Hive) -> HiveStopResult:
+        """An operator's stop: the hive stops its workers and exits; the queen forgets its
+        workers at once rather than offering them until the hive goes stale."""
+        async with self._lock(hive.id):
+            running = hive.url is not None and await self.control.healthy(hive.url)
+            if hive.ssh is not None and hive.ssh_pid is not None:
+                await self._stop(hive)  # HTTP first, `kill` over SSH if that fails
+            elif running and hive.url is not None:
+                await self.control.shutdown(hive.url)
+                if not await self._stopped(hive.url):
+                    return "stopping"
+        for worker in self.registry.workers_of(hive.id):
+            self.registry.forget_worker(worker.id)
+        return "stopped" if running else "not_running"
 
     async def stop_started(self) -> None:
         """Stop every hive this queen started, in parallel."""

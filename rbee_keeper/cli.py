@@ -134,7 +134,7 @@ def dispatch(args: argparse.Namespace) -> Coroutine[Any, Any, None] | None:
         return manage.down(ctx, args.hive_port)
     if command == "infer":
         if ctx.queen_is_local and not daemons.healthy(ctx.queen_url.rstrip("/")):
-            manage.up(ctx, args.hive_port)
+            manage.up(ctx, args.hive_port, out=sys.stderr)  # stdout carries the text alone
         return infer_cmd.infer(ctx, args)
     if command == "chat":
         return infer_cmd.chat(ctx, args)

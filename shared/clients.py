@@ -134,5 +134,8 @@ class HiveClient(ServiceClient):
     async def stop_worker(self, worker_id: str) -> None:
         await self.request("DELETE", f"/v1/workers/{worker_id}")
 
+    async def delete_model(self, model_id: str) -> None:
+        await self.request("DELETE", f"/v1/models/{model_id}")
+
     async def shutdown(self) -> None:
         await self.request("POST", "/v1/shutdown")

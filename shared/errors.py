@@ -151,6 +151,13 @@ class HiveAlreadyExists(Conflict):
     default_message = "A hive with this id is already registered."
 
 
+class HiveNotManaged(Conflict):
+    code = "HIVE_NOT_MANAGED"
+    default_message = (
+        "The queen cannot start this hive: it was added by URL, so whoever runs it starts it."
+    )
+
+
 class WorkerAlreadyRegistered(Conflict):
     code = "WORKER_ALREADY_REGISTERED"
     default_message = "This worker is already registered."

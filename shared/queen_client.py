@@ -36,6 +36,18 @@ class QueenClient(ServiceClient):
     async def remove_hive(self, hive_id: str) -> None:
         await self.request("DELETE", f"/v2/hives/{hive_id}")
 
+    async def start_hive(self, hive_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", f"/v2/hives/{hive_id}/start")
+        return result
+
+    async def stop_hive(self, hive_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", f"/v2/hives/{hive_id}/stop")
+        return result
+
+    async def remove_model(self, model_id: str, hive_id: str | None = None) -> None:
+        params = {"hive_id": hive_id} if hive_id else None
+        await self.request("DELETE", f"/v2/models/{model_id}", params=params)
+
     async def stop_worker(self, worker_id: str) -> None:
         await self.request("DELETE", f"/v2/workers/{worker_id}")
 

@@ -1,4 +1,5 @@
-"""Hive registry endpoints: operators add and remove hives; hives register and beat."""
+"""Hive registry endpoints: operators add, remove, start and stop hives; hives register
+and beat."""
 
 from __future__ import annotations
 
@@ -61,6 +62,20 @@ async def remove_hive(hive_id: HiveId, queen: QueenDep) -> Response:
     await queen.hosts.stop(hive)
     await queen.registry.remove(hive_id)
     return Response(status_code=204)
+
+
+@router.post("/v2/hives/{hive_id}/start")
+async def start_hive(hive_id: HiveId, queen: QueenDep) -> dict[str, str | None]:
+    hive = queen.registry.get(hive_id)
+    status = await queen.hosts.start_hive(hive)
+    return {"id": hive.id, "url": hive.url, "status": status}
+
+
+@router.post("/v2/hives/{hive_id}/stop")
+async def stop_hive(hive_id: HiveId, queen: QueenDep) -> dict[str, str | None]:
+    hive = queen.registry.get(hive_id)
+    status = await queen.hosts.stop_hive(hive)
+    return {"id": hive.id, "url": hive.url, "status": status}
 
 
 @router.post("/v2/hives/{hive_id}/heartbeat")

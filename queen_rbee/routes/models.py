@@ -1,19 +1,20 @@
-"""The catalog over all hives, and pulls that stream a hive's download events."""
+"""The catalog over all hives, deletes, and pulls that stream a hive's download events."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
-from queen_rbee import scheduler
+from queen_rbee import catalog, scheduler
 from queen_rbee.deps import OperatorDep, Queen, QueenDep
 from queen_rbee.validation import body_of, check_model_name
-from shared.errors import NoCapacity, RbeeError
+from shared.errors import NoCapacity
+from shared.hives import HIVE_ID_PATTERN
 from shared.service.streaming import SSEResponse
 from shared.sse import DONE, SSEEvent, encode_data
 
@@ -26,23 +27,20 @@ class PullRequest(BaseModel):
     hive_id: str | None = Field(None, max_length=63)
 
 
+# a catalog id: `[a-z0-9._-]` with at least one character that is not a dot
+ModelId = Annotated[str, Path(pattern=r"^[a-z0-9._-]*[a-z0-9_-][a-z0-9._-]*$", max_length=200)]
+HiveQuery = Annotated[str | None, Query(pattern=HIVE_ID_PATTERN, max_length=63)]
+
+
 @router.get("/v2/models")
 async def list_catalog(queen: QueenDep) -> dict[str, Any]:
-    hives = [h for h in queen.registry.online() if h.url]
+    return {"data": await catalog.listing(queen.registry, queen.control)}
 
-    async def one(url: str) -> list[dict[str, Any]]:
-        try:
-            return [m.model_dump(mode="json") for m in await queen.control.models(url)]
-        except RbeeError:  # an unreachable hive must not break the listing
-            return []
 
-    results = await asyncio.gather(*(one(h.url or "") for h in hives))
-    data = [
-        {**entry, "hive_id": h.id}
-        for h, entries in zip(hives, results, strict=True)
-        for entry in entries
-    ]
-    return {"data": data}
+@router.delete("/v2/models/{model_id}", status_code=204)
+async def delete_model(model_id: ModelId, queen: QueenDep, hive_id: HiveQuery = None) -> Response:
+    await catalog.delete(queen.registry, queen.control, model_id, hive_id)
+    return Response(status_code=204)
 
 
 @router.post("/v2/models/pull")

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from rbee_keeper import daemons
 from rbee_keeper.context import Context
+from rbee_keeper.progress import PullProgress
 from shared.clients import event_error
 
 out = Console()
@@ -89,10 +82,23 @@ async def hive_remove(ctx: Context, args: Any) -> None:
     print(f"hive {args.id} removed")
 
 
+HIVE_STATUS = {
+    "started": "started",
+    "already_running": "is already running",
+    "stopped": "stopped",
+    "not_running": "was not running",
+    "stopping": "is stopping (it did not exit yet)",
+}
+
+
 async def hive_start_stop(ctx: Context, args: Any) -> None:
     async with ctx.client(timeout=120) as client:
-        await client.request("POST", f"/v2/hives/{args.id}/{args.action}")
-    print(f"hive {args.id}: {args.action} requested")
+        if args.action == "start":
+            result = await client.start_hive(args.id)
+        else:
+            result = await client.stop_hive(args.id)
+    status = str(result.get("status"))
+    print(f"hive {args.id} {HIVE_STATUS.get(status, status)}")
 
 
 async def worker_stop(ctx: Context, args: Any) -> None:
@@ -102,9 +108,8 @@ async def worker_stop(ctx: Context, args: Any) -> None:
 
 
 async def model_remove(ctx: Context, args: Any) -> None:
-    path = f"/v2/models/{args.id}" + (f"?hive_id={args.hive}" if args.hive else "")
     async with ctx.client() as client:
-        await client.request("DELETE", path)
+        await client.remove_model(args.id, args.hive)
     print(f"model {args.id} removed")
 
 
@@ -112,43 +117,32 @@ async def model_pull(ctx: Context, args: Any) -> None:
     body: dict[str, Any] = {"model": args.ref}
     if args.hive:
         body["hive_id"] = args.hive
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    async with ctx.client() as client:
-        with Progress(*columns, console=Console(stderr=True)) as progress:
-            bars: dict[str, Any] = {}
-            async with client.pull(body) as events:
-                async for event in events:
-                    if event.data is None or event.is_done:
-                        continue
-                    item = event.json()
-                    hive = item.get("hive_id", "hive")
-                    if item["type"] == "progress":
-                        if hive not in bars:
-                            bars[hive] = progress.add_task(
-                                f"{args.ref} on {hive}", total=item.get("total")
-                            )
-                        progress.update(
-                            bars[hive], completed=item["bytes"], total=item.get("total")
-                        )
-                    elif item["type"] == "error":
-                        raise event_error(item)
-                    elif item["type"] == "end":
-                        model = item.get("model", {})
-                        progress.console.print(f"pulled {model.get('id', args.ref)} on {hive}")
+    label = args.ref.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    async with ctx.client() as client, client.pull(body) as events:
+        with PullProgress(label, Console(stderr=True)) as progress:
+            async for event in events:
+                if event.data is None or event.is_done:
+                    continue
+                item = event.json()
+                hive = item.get("hive_id", "hive")
+                if item["type"] == "progress":
+                    progress.update(hive, item)
+                elif item["type"] == "error":
+                    raise event_error(item)
+                elif item["type"] == "end":
+                    model = item.get("model", {})
+                    progress.print(f"pulled {model.get('id', args.ref)} on {hive}")
 
 
-def up(ctx: Context, hive_port: int) -> None:
+def up(ctx: Context, hive_port: int, *, out: TextIO | None = None) -> None:
+    """Start the local stack; the base URL goes to `out` (stdout unless the command's
+    stdout is for something else, as `rbee infer`'s is for the generated text)."""
     for daemon, started in daemons.up(ctx, hive_port):
         what = "started" if started else "already running"
         print(f"{daemon.command} {what} at {daemon.url}", file=sys.stderr)
-    print(f"OpenAI base URL: {ctx.queen_url.rstrip('/')}/v1")
-    print(f"  curl {ctx.queen_url.rstrip('/')}/v1/models")
+    out = out or sys.stdout
+    print(f"OpenAI base URL: {ctx.queen_url.rstrip('/')}/v1", file=out)
+    print(f"  curl {ctx.queen_url.rstrip('/')}/v1/models", file=out)
 
 
 async def down(ctx: Context, hive_port: int) -> None:
