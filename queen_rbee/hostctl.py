@@ -202,8 +202,8 @@ class HiveHosts:
         return "started"
 
     async def stop_hive(self, hive: Hive) -> HiveStopResult:
-        """An operator's stop: the hive stops its workers and exits; the queen forgets its
-        workers at once rather than offering them until the hive goes stale."""
+        """An operator's stop: the hive stops its workers and exits; the queen marks it
+        offline at once rather than offering it and its workers until it goes stale."""
         async with self._lock(hive.id):
             running = hive.url is not None and await self.control.healthy(hive.url)
             if hive.ssh is not None and hive.ssh_pid is not None:
@@ -212,8 +212,7 @@ class HiveHosts:
                 await self.control.shutdown(hive.url)
                 if not await self._stopped(hive.url):
                     return "stopping"
-        for worker in self.registry.workers_of(hive.id):
-            self.registry.forget_worker(worker.id)
+        await self.registry.mark_stopped(hive.id)
         return "stopped" if running else "not_running"
 
     async def stop_started(self) -> None:

@@ -315,6 +315,15 @@ class Registry:
         await self._db.commit()
         return hive
 
+    async def mark_stopped(self, hive_id: str) -> None:
+        """A hive that was told to stop is offline now, with no workers, until it beats
+        again; so no cold start picks it in the meantime."""
+        hive = self.get(hive_id)
+        self._set_contents(hive, [], [])
+        hive.last_heartbeat = None
+        self.changes.notify()
+        await self._save(hive)
+
     def forget_worker(self, worker_id: str) -> None:
         """A worker the queen stopped leaves the view before the next heartbeat says so."""
         for hive in self._hives.values():

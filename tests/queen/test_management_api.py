@@ -94,8 +94,9 @@ async def test_a_hive_added_by_url_cannot_be_started_but_can_be_stopped(
         assert stopped.status_code == 200, stopped.text
         assert stopped.json() == {"id": "h1", "url": hive.url, "status": "stopped"}
         assert ("POST", "/v1/shutdown") in hive.requests
-        # Its workers are not offered any more, without waiting for the hive to go stale.
+        # It and its workers are not offered any more, without waiting for it to go stale.
         assert (await queen.get("/v2/workers")).json()["data"] == []
+        assert (await queen.get("/v2/hives/h1")).json()["state"] == "offline"
         again = await queen.post("/v2/hives/h1/stop")
         assert again.json()["status"] == "not_running"
         assert hive.requests.count(("POST", "/v1/shutdown")) == 1
