@@ -98,6 +98,10 @@ class Dispatcher:
         self._ready_seen: set[str] = set()
         self._cold: dict[str, ColdStart] = {}
         self._failed: dict[str, ColdStart] = {}
+        # Workers cold starts made ready that no heartbeat has listed yet, by worker id:
+        # candidates until their hive's heartbeat lists them (or for `stale_after`), so a
+        # fast cold start is not followed by a second one before the next heartbeat.
+        self._fresh: dict[str, ColdStart] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
@@ -110,7 +114,8 @@ class Dispatcher:
     def candidates(self, model: str, hive_id: str | None = None) -> list[Candidate]:
         now = time.monotonic()
         found: dict[str, Candidate] = {}
-        for c in self.registry.serving(model):
+        listed = self.registry.serving(model)
+        for c in listed:
             if hive_id is not None and c.hive_id != hive_id:
                 continue
             if self._quarantine and self._quarantine.get(c.id, 0.0) > now:
@@ -118,11 +123,20 @@ class Dispatcher:
             if c.state == "loading" and c.id in self._ready_seen:
                 c = Candidate(c.id, c.hive_id, c.url, "idle", c.slots_total)
             found[c.id] = c
-        for cold in self._cold.values():
+        if self._fresh:
+            self._drop_fresh(model, {c.id for c in listed}, now)
+        for cold in [*self._cold.values(), *self._fresh.values()]:
             if cold.model == model and cold.worker and cold.worker.id not in found:
                 if hive_id is None or cold.hive_id == hive_id:
                     found[cold.worker.id] = self._candidate(cold.hive_id or "", cold.worker)
         return list(found.values())
+
+    def _drop_fresh(self, model: str, listed: set[str], now: float) -> None:
+        """A fresh worker leaves once a heartbeat lists it, or after `stale_after`."""
+        for worker_id, cold in list(self._fresh.items()):
+            expired = now - cold.finished_at > self.registry.stale_after
+            if expired or (cold.model == model and worker_id in listed):
+                del self._fresh[worker_id]
 
     def _candidate(self, hive_id: str, w: WorkerInfo) -> Candidate:
         state = "idle" if w.state == "loading" and w.id in self._ready_seen else w.state
@@ -172,6 +186,7 @@ class Dispatcher:
         """A worker that failed is skipped until the quarantine ends."""
         self._quarantine[worker_id] = time.monotonic() + self.quarantine_s
         self._ready_seen.discard(worker_id)
+        self._fresh.pop(worker_id, None)
         self.registry.changes.notify()
 
     def check_admission(self, hive_id: str | None) -> None:
@@ -261,6 +276,8 @@ class Dispatcher:
             cold.finished_at = time.monotonic()
             cold.done.set()
             self._cold.pop(cold.model, None)
+            if cold.error is None and cold.worker is not None:
+                self._fresh[cold.worker.id] = cold
             if cold.error is not None:
                 self._failed[cold.model] = cold
                 logger.warning(
