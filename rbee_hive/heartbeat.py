@@ -5,11 +5,16 @@ every call has a short timeout, and while the queen is away it retries with doub
 backoff (capped at the heartbeat interval x 6). A heartbeat answered 404 (the queen lost
 us, e.g. its database was reset) registers again. Each snapshot is complete, so a lost
 heartbeat costs nothing but freshness.
+
+Besides the interval, a change the queen should know at once (a worker spawned, ready,
+failed or gone) calls :meth:`HeartbeatLoop.nudge`, which sends the next snapshot now:
+the queen then schedules onto a new worker without waiting up to a whole interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -47,6 +52,11 @@ class HeartbeatLoop:
         self.snapshot = snapshot
         self.registered = False
         self.sent = 0
+        self._nudged = asyncio.Event()
+
+    def nudge(self) -> None:
+        """Send the next heartbeat now rather than at the end of the interval."""
+        self._nudged.set()
 
     def _headers(self) -> dict[str, str]:
         token = self.credentials().bearer_for(Audience.QUEEN, Role.HIVE, ttl_s=60)
@@ -67,6 +77,7 @@ class HeartbeatLoop:
         logger.info("registered with the queen", extra={"action": "hive_registered"})
 
     async def _beat(self) -> None:
+        self._nudged.clear()  # what changed before this point is in this snapshot
         body = await self.snapshot()
         response = await self.client.post(
             self.base + "/heartbeat",
@@ -97,4 +108,5 @@ class HeartbeatLoop:
                 backoff = min(backoff * 2, self.interval_s * 6)
                 continue
             backoff = min(1.0, self.interval_s)
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudged.wait(), timeout=self.interval_s)

@@ -1,9 +1,9 @@
 """The hive's long-lived parts, opened in the app's lifespan and closed after it.
 
 Start order: hive.db (drop catalog entries whose file vanished) -> resource probe ->
-provisioner -> pool (adopt the workers an earlier hive left) -> heartbeat task. Stop
-order is the reverse; `begin_shutdown` may run earlier, from the stop signal, so workers
-start draining while uvicorn is still finishing open requests.
+provisioner -> pool (adopt the workers an earlier hive left, start a standby worker) ->
+heartbeat task. Stop order is the reverse; `begin_shutdown` may run earlier, from the
+stop signal, so workers start draining while uvicorn is still finishing open requests.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Hive:
         pool = Pool(settings, store, provisioner, resources, client, worker_token)
         hive = cls(settings, store, resources, provisioner, pool, client)
         await pool.adopt_existing()
+        await pool.standby.start()
         if settings.queen_url:
             hive.heartbeat = HeartbeatLoop(
                 queen_url=settings.queen_url,
@@ -69,6 +70,7 @@ class Hive:
                 snapshot=hive.snapshot,
             )
             hive.heartbeat_task = asyncio.create_task(hive.heartbeat.run())
+            pool.on_change = hive.heartbeat.nudge
         return hive
 
     async def snapshot(self) -> Heartbeat:

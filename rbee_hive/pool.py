@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from rbee_hive.resources import (
     preflight,
 )
 from rbee_hive.settings import HiveSettings
+from rbee_hive.standby import Standby, new_worker_id
 from rbee_hive.worker import Worker, launch_args, worker_env
 from shared.errors import (
     NoCapacity,
@@ -84,8 +84,17 @@ class Pool:
         self.resources = resources
         self.probe = WorkerProbe(client, token, settings.health_check_timeout_s)
         self.workers: dict[str, Worker] = {}
+        self.standby = Standby(
+            enabled=settings.standby_worker,
+            command=settings.worker_command,
+            callback_url=settings.base_url + "/v1/workers/ready",
+            env=lambda: worker_env(settings),
+            logs_dir=settings.logs_dir,
+        )
         self.closing = False
         self.restarts_total = 0
+        # Called after a change the queen should hear of at once (the heartbeat's nudge).
+        self.on_change: Callable[[], None] = lambda: None
         self._close_task: asyncio.Task[None] | None = None
 
     # queries
@@ -133,15 +142,20 @@ class Pool:
             device,
             extra={"action": "worker_spawn", "worker_id": worker.id, "model": worker.model_ref},
         )
+        self.on_change()
         return worker.info()
 
     def _new_worker(
         self, model_ref: str, backend: str, device: int, request: SpawnRequest
     ) -> Worker:
-        worker_id = f"w-{secrets.token_hex(4)}"
+        ready = asyncio.Event()
+        standby = self.standby.claim(refill_after=ready)
+        worker_id = standby.worker_id if standby else new_worker_id()
         port = self._allocate_port(None)
         worker = Worker(
             id=worker_id,
+            ready=ready,
+            standby=standby,
             model_ref=model_ref,
             backend=backend,
             device=device,
@@ -182,11 +196,13 @@ class Pool:
 
     def kill_all(self) -> None:
         """SIGKILL every worker process now: the last resort of a forced exit."""
+        self.standby.kill()
         for worker in self.workers.values():
             if worker.process is not None:
                 worker.process.send(signal.SIGKILL)
 
     async def _close(self) -> None:
+        await self.standby.close()
         workers = list(self.workers.values())
         await asyncio.gather(*(self.stop(w.id) for w in workers), return_exceptions=True)
 
@@ -266,6 +282,10 @@ class Pool:
             )
             await self._terminate(worker)
             await self._fail(worker, "its supervisor hit an internal error")
+        finally:
+            if worker.standby is not None:  # claimed, never launched: let it go
+                worker.standby.release()
+                worker.standby = None
 
     async def _lifecycle(self, worker: Worker, process: WorkerProcess | None) -> None:
         if worker.state == "downloading" and not await self._provision(worker):
@@ -315,14 +335,21 @@ class Pool:
         worker.url = self._url(worker.port)
         worker.state, worker.slots_busy = "loading", 0
         worker.ready.clear()
-        launch = asyncio.ensure_future(
-            start_worker(
-                self.settings.worker_command,
-                launch_args(worker, self._worker_host(), self.settings.base_url),
-                worker_env(self.settings),
-                self.settings.logs_dir / f"worker-{worker.id}.log",
+        args = launch_args(worker, self._worker_host(), self.settings.base_url)
+        standby, worker.standby = worker.standby, None
+        if standby is not None and standby.alive:
+            launch = asyncio.ensure_future(standby.assign(args))
+        else:
+            if standby is not None:
+                standby.release()
+            launch = asyncio.ensure_future(
+                start_worker(
+                    self.settings.worker_command,
+                    args,
+                    worker_env(self.settings),
+                    self.settings.logs_dir / f"worker-{worker.id}.log",
+                )
             )
-        )
         try:
             process = await asyncio.shield(launch)
         except asyncio.CancelledError:
@@ -381,6 +408,7 @@ class Pool:
             worker.id,
             extra={"action": "worker_ready", "worker_id": worker.id},
         )
+        self.on_change()
         return True
 
     async def _monitor(self, worker: Worker, process: WorkerProcess) -> Outcome:
@@ -502,11 +530,13 @@ class Pool:
             worker.id,
             extra={"action": "worker_failed", "worker_id": worker.id},
         )
+        self.on_change()
         with contextlib.suppress(Exception):
             await self.store.delete_worker(worker.id)
 
     async def _forget(self, worker: Worker) -> None:
         self.workers.pop(worker.id, None)
+        self.on_change()
         with contextlib.suppress(Exception):
             await self.store.delete_worker(worker.id)
 

@@ -43,6 +43,9 @@ class HiveSettings(ServiceSettings):
     )
     worker_host: str | None = Field(None, description="address workers bind; default --host")
     worker_port_start: int = Field(8001, ge=1024, le=65535, description="first worker port")
+    standby_worker: bool = Field(
+        True, description="keep one worker process imported and waiting: cold starts only load"
+    )
     heartbeat_interval_s: float = Field(5.0, gt=0, description="heartbeat to the queen")
     health_check_interval_s: float = Field(10.0, gt=0, description="worker health checks")
     health_check_timeout_s: float = Field(5.0, gt=0, description="one health check's limit")

@@ -15,6 +15,7 @@ from datetime import datetime
 from rbee_hive.catalog import WorkerRecord
 from rbee_hive.process import WorkerProcess
 from rbee_hive.settings import HiveSettings
+from rbee_hive.standby import Claimed
 from shared.workers import Slots, WorkerInfo, WorkerState
 
 
@@ -32,6 +33,7 @@ class Worker:
     model_path: str | None = None
     model_size: int = 0
     process: WorkerProcess | None = None
+    standby: Claimed | None = None  # a waiting process claimed for the first launch
     slots_total: int = 1
     slots_busy: int = 0
     restarts: int = 0
