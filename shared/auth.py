@@ -145,12 +145,31 @@ class Credentials:
         return cls(tuple(keys), secret, public)
 
     def bearer_for(self, audience: Audience, role: Role, ttl_s: float = 300) -> str | None:
-        """A token for an internal call: a short-lived JWT when we hold the secret."""
+        """A token for an internal call: a short-lived JWT when we hold the secret.
+
+        A minted token is reused for the first half of its life: internal calls come many
+        a second (every relayed request, every heartbeat), and both minting and checking
+        a signature cost more than the rest of a small call.
+        """
         if self.jwt_secret:
-            return mint_token(self.jwt_secret, role=role, audience=audience, ttl_s=ttl_s)
+            key = (self.jwt_secret, str(audience), str(role), ttl_s)
+            cached = _minted.get(key)
+            now = time.time()
+            if cached is not None and cached[1] > now:
+                return cached[0]
+            token = mint_token(self.jwt_secret, role=role, audience=audience, ttl_s=ttl_s)
+            if len(_minted) >= MINTED_CACHE_SIZE:
+                _minted.clear()
+            _minted[key] = (token, now + ttl_s / 2)
+            return token
         if self.api_keys:
             return self.api_keys[0]
         return None
+
+
+MINTED_CACHE_SIZE = 64
+# (secret, audience, role, ttl) -> (token, reuse until): tokens this process minted
+_minted: dict[tuple[str, str, str, float], tuple[str, float]] = {}
 
 
 def mint_token(
@@ -195,6 +214,9 @@ class Principal:
     fingerprint: str
 
 
+VERIFIED_CACHE_SIZE = 4096
+
+
 class Authenticator:
     """Verifies bearer tokens against the current credentials of one service."""
 
@@ -203,6 +225,9 @@ class Authenticator:
         self.audience = audience
         self.credentials = loader()
         self._keys = self._verification_keys(self.credentials)
+        # token -> (its principal, its expiry): a token checked once is not checked again
+        # until it expires (the same token comes with every call of its holder)
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     @staticmethod
     def _verification_keys(creds: Credentials) -> dict[str, str]:
@@ -222,6 +247,7 @@ class Authenticator:
             logger.error("credentials not reloaded: %s", exc, extra={"action": "auth_reload"})
             return
         self.credentials, self._keys = creds, keys
+        self._verified = {}  # a rotated secret must not keep old tokens valid
         logger.info("credentials reloaded", extra={"action": "auth_reload"})
 
     @property
@@ -233,15 +259,23 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise MissingApiKey()
-        fingerprint = token_fingerprint(token)
         for key in self.credentials.api_keys:
             if hmac.compare_digest(key.encode(), token.encode()):
-                return Principal("api-key", Role.OPERATOR, fingerprint)
+                return Principal("api-key", Role.OPERATOR, token_fingerprint(token))
         if token.count(".") != 2:
             raise InvalidApiKey("The API key is not valid.")
-        return self._verify_jwt(token, fingerprint)
+        cached = self._verified.get(token)
+        if cached is not None:
+            if time.time() <= cached[1] + LEEWAY_S:
+                return cached[0]
+            del self._verified[token]
+        principal, expires = self._verify_jwt(token, token_fingerprint(token))
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified = {}
+        self._verified[token] = (principal, expires)
+        return principal
 
-    def _verify_jwt(self, token: str, fingerprint: str) -> Principal:
+    def _verify_jwt(self, token: str, fingerprint: str) -> tuple[Principal, float]:
         try:
             alg = jwt.get_unverified_header(token).get("alg")
         except jwt.InvalidTokenError:
@@ -272,7 +306,7 @@ class Authenticator:
             role = Role(claims["role"])
         except ValueError:
             raise InvalidApiKey("The token's role is not one rbee knows.") from None
-        return Principal(str(claims["sub"]), role, fingerprint)
+        return Principal(str(claims["sub"]), role, fingerprint), float(claims["exp"])
 
 
 @dataclass(frozen=True)

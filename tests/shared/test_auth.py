@@ -1,5 +1,6 @@
 import os
 import time
+from datetime import datetime, tzinfo
 from pathlib import Path
 
 import jwt
@@ -115,3 +116,54 @@ def test_policy_roles() -> None:
     assert not policy.allows(Role.CLIENT, "GET", "/v1/ready")
     assert policy.allows(Role.OPERATOR, "DELETE", "/anything")
     assert not AccessPolicy([], metrics_public=False).is_public("GET", "/metrics")
+
+
+def test_a_checked_token_is_remembered_until_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth = authenticator(tmp_path)
+    token = mint_token(SECRET, role=Role.HIVE, audience=Audience.WORKER, ttl_s=60)
+    assert auth.authenticate(f"Bearer {token}").role is Role.HIVE
+    assert auth.authenticate(f"Bearer {token}").role is Role.HIVE  # from the cache
+    later = time.time() + 60 + 31  # past its expiry and the 30 s leeway, for both clocks
+    monkeypatch.setattr(time, "time", lambda: later)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", _clock_at(later))
+    with pytest.raises(InvalidApiKey, match="expired"):
+        auth.authenticate(f"Bearer {token}")
+
+
+def test_a_rotated_secret_invalidates_remembered_tokens(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, SECRET)
+    auth = Authenticator(lambda: Credentials.load(jwt_secret_file=path), Audience.WORKER)
+    token = mint_token(SECRET, role=Role.HIVE, audience=Audience.WORKER, ttl_s=60)
+    assert auth.authenticate(f"Bearer {token}").role is Role.HIVE
+    path.write_text("a-new-cluster-secret-0123456789abcdef\n")
+    auth.reload()
+    with pytest.raises(InvalidApiKey, match="signature"):
+        auth.authenticate(f"Bearer {token}")
+
+
+def test_internal_tokens_are_reused_for_half_their_life(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = Credentials.load(jwt_secret_file=secret_file(tmp_path, SECRET))
+    first = creds.bearer_for(Audience.QUEEN, Role.HIVE, ttl_s=60)
+    assert first is not None and creds.bearer_for(Audience.QUEEN, Role.HIVE, ttl_s=60) == first
+    assert creds.bearer_for(Audience.WORKER, Role.HIVE, ttl_s=60) != first  # another audience
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 31)
+    fresh = creds.bearer_for(Audience.QUEEN, Role.HIVE, ttl_s=60)
+    assert fresh is not None and fresh != first
+    claims = jwt.decode(fresh, SECRET, algorithms=["HS256"], audience="rbee-queen", leeway=60)
+    assert claims["exp"] >= now + 31 + 59  # a full lifetime from when it was minted
+
+
+def _clock_at(timestamp: float) -> type[datetime]:
+    """A `datetime` whose now() is `timestamp`: pyjwt's own clock."""
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:
+            return cls.fromtimestamp(timestamp, tz)
+
+    return Clock
