@@ -36,6 +36,10 @@ class RequestMetrics:
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
         )
+        # labelled children, looked up once per label set: `labels()` costs more than
+        # the increment itself, on every request
+        self._latency: dict[str, Any] = {}
+        self._counted: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -48,16 +52,30 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                self.latency.labels(_endpoint(scope)).observe(time.perf_counter() - started)
+                endpoint = _endpoint(scope)
+                latency = self._latency.get(endpoint)
+                if latency is None:
+                    latency = self._latency[endpoint] = self.latency.labels(endpoint)
+                latency.observe(time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, observe)
         finally:
-            endpoint = _endpoint(scope)
-            self.requests.labels(endpoint, scope["method"], str(status)).inc()
-            if status >= 400:
-                self.errors.labels(endpoint, str(status)).inc()
+            self._count(_endpoint(scope), scope["method"], status)
+
+    def _count(self, endpoint: str, method: str, status: int) -> None:
+        key = (endpoint, method, status)
+        children = self._counted.get(key)
+        if children is None:
+            errors = self.errors.labels(endpoint, str(status)) if status >= 400 else None
+            children = self._counted[key] = (
+                self.requests.labels(endpoint, method, str(status)),
+                errors,
+            )
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
 
 
 def _endpoint(scope: dict[str, Any]) -> str:
