@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 llama_logger = logging.getLogger("llama_cpp")
 
 StopReason = Literal["stop", "length", "cancelled"]
+FlashAttention = Literal["auto", "on", "off"]
+_FLASH_ATTN = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 
 
 class EngineError(RuntimeError):
@@ -266,10 +272,21 @@ class Slot:
     """A llama.cpp context with its own KV cache. Not thread-safe: one request at a time."""
 
     def __init__(
-        self, model: Model, *, n_ctx: int, n_batch: int, n_threads: int, embeddings: bool = False
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_threads: int,
+        embeddings: bool = False,
+        flash_attn: FlashAttention = "auto",
     ) -> None:
         self.model = model
         params = llama_cpp.llama_context_default_params()
+        # `auto` lets llama.cpp decide (on wherever the backend supports it). On CPU the
+        # right answer depends on the model: measured here, Gemma 3 270M decodes 15 %
+        # faster with it, a tiny model with small heads 2.7 times slower.
+        params.flash_attn_type = _FLASH_ATTN[flash_attn]
         params.n_ctx = n_ctx
         params.n_batch = n_ctx if embeddings else n_batch
         params.n_ubatch = n_ctx if embeddings else n_batch

@@ -78,7 +78,8 @@ class Preload:
         n_ctx = s.n_ctx or min(model.info.n_ctx_train, MAX_CONTEXT_DEFAULT)
         threads = self._threads()
         slots = [
-            Slot(model, n_ctx=n_ctx, n_batch=s.n_batch, n_threads=threads) for _ in range(s.slots)
+            Slot(model, n_ctx=n_ctx, n_batch=s.n_batch, n_threads=threads, flash_attn=s.flash_attn)
+            for _ in range(s.slots)
         ]
         embedder = embedding_slot(model, n_ctx, threads) if s.embeddings else None
         return Loaded(model, slots, embedder, slots[0].n_ctx, threads)

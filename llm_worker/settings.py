@@ -24,6 +24,9 @@ class WorkerSettings(ServiceSettings):
     n_ctx: int = Field(0, ge=0, description="context length per slot; 0 = model's, max 4096")
     n_batch: int = Field(512, ge=1, description="prompt tokens per decode call")
     threads: int = Field(0, ge=0, description="CPU threads; 0 = physical cores")
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="flash attention: auto (llama.cpp decides), on or off"
+    )
     slots: int = Field(1, ge=1, le=64, description="concurrent requests (one context each)")
     embeddings: bool = Field(
         False, description="create the /v1/embeddings context at load, not on first use"
