@@ -247,15 +247,28 @@ class Generation:
         self.job.slot.cancel()
 
     async def __aiter__(self) -> AsyncIterator[str | Finished]:
+        async for batch in self.batches():
+            for item in batch:
+                yield item
+
+    async def batches(self) -> AsyncIterator[list[str | Finished]]:
+        """Everything produced since the last batch: one wake-up and one write to the
+        client for all the tokens the thread made while the loop was busy. The last
+        batch ends with the :class:`Finished`."""
         try:
             async with asyncio.timeout_at(self._deadline):
                 while True:
+                    batch: list[str | Finished] = []
                     for item in await self._channel.take_all():
                         if isinstance(item, BaseException):
+                            if batch:
+                                yield batch
                             raise WorkerFailed(f"Generation failed: {item}") from item
-                        yield item
+                        batch.append(item)
                         if isinstance(item, Finished):
+                            yield batch
                             return
+                    yield batch
         except TimeoutError:
             raise DeadlineExceeded() from None
         finally:

@@ -5,10 +5,11 @@ chunks, OpenAI completion chunks. Each stream ends with exactly one terminal eve
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from llm_worker.engine import Finished
 from shared import correlation
@@ -24,7 +25,9 @@ from shared.sse import DONE, encode_data
 
 logger = logging.getLogger(__name__)
 
-Generation = AsyncIterable[str | Finished]
+
+class Generation(Protocol):
+    def batches(self) -> AsyncIterator[list[str | Finished]]: ...
 
 
 def _as_rbee_error(exc: Exception) -> RbeeError:
@@ -38,27 +41,36 @@ def finish_reason(finished: Finished) -> FinishReason:
     return "length" if finished.stop_reason == "length" else "stop"
 
 
+def _text(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()
+
+
 async def native_stream(
     generation: Generation, *, job_id: str, worker_id: str, model: str
 ) -> AsyncIterator[bytes]:
     yield encode_data({"type": "started", "job_id": job_id, "worker_id": worker_id, "model": model})
     index = 0
     try:
-        async for item in generation:
-            if isinstance(item, Finished):
-                yield encode_data(
-                    {
-                        "type": "end",
-                        "tokens_in": item.tokens_in,
-                        "tokens_out": item.tokens_out,
-                        "stop_reason": item.stop_reason,
-                        "ttft_ms": item.ttft_ms,
-                        "decode_ms": item.decode_ms,
-                    }
-                )
-            else:
-                yield encode_data({"type": "token", "t": item, "i": index})
-                index += 1
+        async for batch in generation.batches():
+            out = []
+            for item in batch:
+                if isinstance(item, Finished):
+                    out.append(
+                        encode_data(
+                            {
+                                "type": "end",
+                                "tokens_in": item.tokens_in,
+                                "tokens_out": item.tokens_out,
+                                "stop_reason": item.stop_reason,
+                                "ttft_ms": item.ttft_ms,
+                                "decode_ms": item.decode_ms,
+                            }
+                        )
+                    )
+                else:
+                    out.append(b'data: {"type":"token","t":%b,"i":%d}\n\n' % (_text(item), index))
+                    index += 1
+            yield b"".join(out)
     except Exception as exc:
         error = _as_rbee_error(exc)
         yield encode_data(
@@ -74,28 +86,49 @@ async def native_stream(
 
 @dataclass(frozen=True)
 class OpenAIShape:
-    """How one OpenAI endpoint words its chunks."""
+    """How one OpenAI endpoint words its chunks. Token chunks are the bytes of the full
+    chunk with the text spliced between a prefix and a suffix encoded once per stream:
+    a token costs one `json.dumps` of its text, not of a whole chunk."""
 
     object_name: str
     first: Callable[[], dict[str, Any] | None]
-    piece: Callable[[str], dict[str, Any]]
+    piece_prefix: bytes
+    piece_suffix: bytes
     last: Callable[[FinishReason], dict[str, Any]]
+
+    def piece(self, text: str) -> bytes:
+        return self.piece_prefix + _text(text) + self.piece_suffix
+
+
+def _split_at_text(chunk: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The encoded `chunk`, cut where its text (the marker) goes."""
+    encoded = encode_data(chunk)
+    marker = _text(_MARKER)
+    at = encoded.index(marker)
+    return encoded[:at], encoded[at + len(marker) :]
+
+
+_MARKER = "\x00text\x00"
 
 
 def chat_shape(cid: str, created: int, model: str) -> OpenAIShape:
+    prefix, suffix = _split_at_text(chat_chunk(cid, created, model, {"content": _MARKER}))
     return OpenAIShape(
         "chat.completion.chunk",
         first=lambda: chat_chunk(cid, created, model, {"role": "assistant", "content": ""}),
-        piece=lambda text: chat_chunk(cid, created, model, {"content": text}),
+        piece_prefix=prefix,
+        piece_suffix=suffix,
         last=lambda reason: chat_chunk(cid, created, model, {}, reason),
     )
 
 
 def completion_shape(cid: str, created: int, model: str) -> OpenAIShape:
+    prefix, suffix = _split_at_text(completion_chunk(cid, created, model, _MARKER))
     return OpenAIShape(
         "text_completion",
         first=lambda: None,
-        piece=lambda text: completion_chunk(cid, created, model, text),
+        piece_prefix=prefix,
+        piece_suffix=suffix,
         last=lambda reason: completion_chunk(cid, created, model, "", reason),
     )
 
@@ -113,14 +146,18 @@ async def openai_stream(
     if first is not None:
         yield encode_data(first)
     try:
-        async for item in generation:
-            if isinstance(item, Finished):
-                yield encode_data(shape.last(finish_reason(item)))
-                if include_usage:
-                    usage = Usage.of(item.tokens_in, item.tokens_out)
-                    yield encode_data(usage_chunk(cid, created, model, shape.object_name, usage))
-            else:
-                yield encode_data(shape.piece(item))
+        async for batch in generation.batches():
+            out = []
+            for item in batch:
+                if isinstance(item, Finished):
+                    out.append(encode_data(shape.last(finish_reason(item))))
+                    if include_usage:
+                        usage = Usage.of(item.tokens_in, item.tokens_out)
+                        chunk = usage_chunk(cid, created, model, shape.object_name, usage)
+                        out.append(encode_data(chunk))
+                else:
+                    out.append(shape.piece(item))
+            yield b"".join(out)
     except Exception as exc:
         yield encode_data(_as_rbee_error(exc).envelope(correlation.current()))
     yield DONE
@@ -129,8 +166,9 @@ async def openai_stream(
 async def collect(generation: Generation) -> tuple[str, Finished]:
     """The whole answer, for non-streaming requests."""
     pieces: list[str] = []
-    async for item in generation:
-        if isinstance(item, Finished):
-            return "".join(pieces), item
-        pieces.append(item)
+    async for batch in generation.batches():
+        for item in batch:
+            if isinstance(item, Finished):
+                return "".join(pieces), item
+            pieces.append(item)
     raise InternalError("The generation ended without a result.")
