@@ -11,6 +11,7 @@ the same threads and settings. Also: per-token time over a long generation.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -60,7 +61,7 @@ class Run:
 
 
 def llama_cpp_python(
-    path: Path, tokens: int, threads: int, n_ctx: int
+    path: Path, tokens: int, threads: int, n_ctx: int, flash_attn: bool
 ) -> tuple[Callable[[], Run], Callable[[], Run]]:
     import llama_cpp
 
@@ -69,6 +70,7 @@ def llama_cpp_python(
         n_ctx=n_ctx,
         n_threads=threads,
         n_threads_batch=threads,
+        flash_attn=flash_attn,
         verbose=False,
         seed=1,
     )
@@ -81,7 +83,7 @@ def llama_cpp_python(
             run.token()
         return run
 
-    def bare() -> Run:
+    def bare(n: int = tokens) -> Run:
         """llama_decode + C sampler chain + nothing: the ceiling for any server loop."""
         llm.reset()
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
@@ -93,7 +95,7 @@ def llama_cpp_python(
         batch = (llama_cpp.llama_token * len(prompt))(*prompt)
         llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(batch, len(prompt)))
         one = (llama_cpp.llama_token * 1)()
-        for _ in range(tokens):
+        for _ in range(n):
             one[0] = llama_cpp.llama_sampler_sample(chain, llm.ctx, -1)
             run.token()
             if llama_cpp.llama_vocab_is_eog(llm._model.vocab, one[0]):
@@ -118,7 +120,9 @@ def http_stream(url: str, body: dict[str, Any]) -> Run:
     return run
 
 
-def start_worker(path: Path, threads: int, n_ctx: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_worker(
+    path: Path, threads: int, n_ctx: int, flash_attn: str = "auto"
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -131,6 +135,8 @@ def start_worker(path: Path, threads: int, n_ctx: int) -> tuple[subprocess.Popen
             str(threads),
             "--n-ctx",
             str(n_ctx),
+            "--flash-attn",
+            flash_attn,
             "--log-level",
             "warning",
         ],
@@ -162,7 +168,7 @@ def llama_server_binary() -> str | None:
 
 
 def start_llama_server(
-    binary: str, path: Path, threads: int, n_ctx: int
+    binary: str, path: Path, threads: int, n_ctx: int, flash_attn: str
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -178,6 +184,8 @@ def start_llama_server(
             str(n_ctx),
             "-np",
             "1",
+            "-fa",
+            flash_attn,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -199,9 +207,51 @@ def measure(name: str, fn: Callable[[], Run], runs: int) -> dict[str, Any]:
     }
 
 
+def own_time_per_token(path: Path, tokens: int, threads: int, fa: str) -> tuple[float, float]:
+    """The engine's own time per token (us), first and last 100 of `tokens`, in process:
+    wall time between two pieces minus the time spent inside llama.cpp's decode and
+    sampler. Measured within one run, so it needs no second run to subtract."""
+    import llama_cpp
+
+    from llm_worker.engine import GenerationParams, Model, Slot
+
+    inside = [0.0]
+
+    def timed(call: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return call(*args)
+            finally:
+                inside[0] += time.perf_counter() - started
+
+        return wrapper
+
+    real = {n: getattr(llama_cpp, n) for n in ("llama_decode", "llama_sampler_sample")}
+    model = Model.load(path)
+    slot = Slot(model, n_ctx=4096, n_batch=512, n_threads=threads, flash_attn=fa)  # type: ignore[arg-type]
+    stamps: list[tuple[float, float]] = []
+    try:
+        for name, call in real.items():
+            setattr(llama_cpp, name, timed(call))
+        params = GenerationParams(model.tokenize(PROMPT), tokens, temperature=0.8, seed=1)
+        slot.generate(params, lambda _: stamps.append((time.perf_counter(), inside[0])))
+    finally:
+        for name, call in real.items():
+            setattr(llama_cpp, name, call)
+        slot.close()
+        model.close()
+    own = [(t1 - t0) - (i1 - i0) for (t0, i0), (t1, i1) in itertools.pairwise(stamps)]
+    return median(own[:100]) * 1e6, median(own[-100:]) * 1e6
+
+
 def flatness(run: Run, window: int = 100) -> tuple[float, float]:
-    gaps = [b - a for a, b in zip(run.stamps, run.stamps[1:], strict=False)]
-    return median(gaps[:window]) * 1e6, median(gaps[-window:]) * 1e6
+    """Mean time per token (us) over the first and the last `window` tokens. A mean over
+    the window, not a median of gaps: over HTTP tokens arrive in bursts."""
+    stamps = run.stamps
+    first = (stamps[window] - stamps[0]) / window
+    last = (stamps[-1] - stamps[-1 - window]) / window
+    return first * 1e6, last * 1e6
 
 
 def main() -> None:
@@ -212,17 +262,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--long", type=int, default=4000, help="tokens for the flatness run")
     parser.add_argument("--smoke", action="store_true", help="tiny model, tiny sizes (CI)")
+    parser.add_argument(
+        "--flash-attn",
+        choices=["on", "off"],
+        help="for every engine alike (default: off for the tiny model, on otherwise; "
+        "the faster of the two for each on CPU)",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.model, args.tokens, args.runs, args.long = "tiny", 50, 1, 300
     path = model_path(args.model)
     n_ctx = 4096
-    streaming, bare = llama_cpp_python(path, args.tokens, args.threads, n_ctx)
+    fa = args.flash_attn or ("off" if args.model == "tiny" else "on")
+    streaming, bare = llama_cpp_python(path, args.tokens, args.threads, n_ctx, fa == "on")
+    bare_long = bare(args.long)
     rows = [
         measure("llama-cpp-python create_completion(stream)", streaming, args.runs),
         measure("llama.cpp bare decode loop (in-process)", bare, args.runs),
     ]
-    worker, url = start_worker(path, args.threads, n_ctx)
+    worker, url = start_worker(path, args.threads, n_ctx, fa)
     body = {
         "model": "m",
         "prompt": PROMPT,
@@ -239,14 +297,12 @@ def main() -> None:
                 args.runs,
             )
         )
-        long_run = http_stream(
-            url + "/v1/completions", {**body, "max_tokens": args.long, "prompt": "Go"}
-        )
+        long_run = http_stream(url + "/v1/completions", {**body, "max_tokens": args.long})
     finally:
         stop(worker)
     binary = llama_server_binary()
     if binary:
-        server, surl = start_llama_server(binary, path, args.threads, n_ctx)
+        server, surl = start_llama_server(binary, path, args.threads, n_ctx, fa)
         try:
             rows.append(
                 measure(
@@ -266,7 +322,8 @@ def main() -> None:
     for row in rows:
         row["worker_ratio"] = worker_rate / row["tokens_per_s"]
     print_table(
-        f"{path.name}, {args.tokens} tokens, {args.threads} threads, median of {args.runs}",
+        f"{path.name}, {args.tokens} tokens, {args.threads} threads, flash attention {fa}, "
+        f"median of {args.runs}",
         ["engine", "TTFT ms", "tokens/s", "tokens", "worker / this"],
         [
             [r["name"], r["ttft_ms"], r["tokens_per_s"], r["tokens"], r["worker_ratio"]]
@@ -274,9 +331,16 @@ def main() -> None:
         ],
     )
     first, last = flatness(long_run)
-    print(
-        f"\nworker per-token time over {len(long_run.stamps)} tokens: first 100 "
-        f"{first:.0f} us, last 100 {last:.0f} us"
+    bare_first, bare_last = flatness(bare_long)
+    own_first, own_last = own_time_per_token(path, args.long, args.threads, fa)
+    print_table(
+        f"per-token time over {len(long_run.stamps)} tokens (us; llama.cpp's attention grows "
+        "with the position, the engine's own part must not)",
+        ["window", "worker over HTTP", "bare loop", "engine's own (in process)"],
+        [
+            ["first 100", first, bare_first, own_first],
+            ["last 100", last, bare_last, own_last],
+        ],
     )
     write_results(
         f"worker_efficiency_{args.model if args.model in ('tiny', 'gemma') else 'custom'}",
@@ -284,12 +348,17 @@ def main() -> None:
             "model": path.name,
             "tokens": args.tokens,
             "threads": args.threads,
+            "flash_attn": fa,
             "runs": args.runs,
             "rows": rows,
             "flatness": {
                 "tokens": len(long_run.stamps),
                 "first_100_us": first,
                 "last_100_us": last,
+                "bare_first_100_us": bare_first,
+                "bare_last_100_us": bare_last,
+                "engine_own_first_100_us": own_first,
+                "engine_own_last_100_us": own_last,
             },
         },
         smoke=args.smoke,
