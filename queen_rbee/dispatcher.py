@@ -70,6 +70,7 @@ class ColdStart:
     worker: WorkerInfo | None = None
     error: RbeeError | None = None
     finished_at: float = 0.0
+    finished_wall: float = 0.0  # wall clock, to compare with heartbeat times
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -132,11 +133,24 @@ class Dispatcher:
         return list(found.values())
 
     def _drop_fresh(self, model: str, listed: set[str], now: float) -> None:
-        """A fresh worker leaves once a heartbeat lists it, or after `stale_after`."""
+        """A fresh worker leaves once its hive has sent a heartbeat since the worker was
+        ready (from then on the registry knows it, or knows it is gone), once its hive is
+        not online, or after `stale_after` in any case."""
         for worker_id, cold in list(self._fresh.items()):
-            expired = now - cold.finished_at > self.registry.stale_after
-            if expired or (cold.model == model and worker_id in listed):
+            hive = self.registry.find(cold.hive_id or "")
+            if (
+                (cold.model == model and worker_id in listed)
+                or hive is None
+                or not self.registry.any_online(hive.id)
+                or (hive.last_heartbeat or 0.0) > cold.finished_wall
+                or now - cold.finished_at > self.registry.stale_after
+            ):
                 del self._fresh[worker_id]
+
+    def forget(self, worker_id: str) -> None:
+        """A worker an operator stopped is no candidate, even before a heartbeat says so."""
+        self._fresh.pop(worker_id, None)
+        self._ready_seen.discard(worker_id)
 
     def _candidate(self, hive_id: str, w: WorkerInfo) -> Candidate:
         state = "idle" if w.state == "loading" and w.id in self._ready_seen else w.state
@@ -273,7 +287,7 @@ class Dispatcher:
             logger.exception("cold start failed", extra={"action": "cold_start"})
             cold.error = WorkerFailed("The new worker could not be started.")
         finally:
-            cold.finished_at = time.monotonic()
+            cold.finished_at, cold.finished_wall = time.monotonic(), time.time()
             cold.done.set()
             self._cold.pop(cold.model, None)
             if cold.error is None and cold.worker is not None:

@@ -199,6 +199,9 @@ class Registry:
         now = time.time()
         return any(self.state_of(h, now) != "offline" for h in self._holders.get(model, ()))
 
+    def find(self, hive_id: str) -> Hive | None:
+        return self._hives.get(hive_id)
+
     def get(self, hive_id: str) -> Hive:
         hive = self._hives.get(hive_id)
         if hive is None:

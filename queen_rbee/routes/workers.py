@@ -71,5 +71,6 @@ async def stop_worker(worker_id: str, queen: QueenDep) -> Response:
         if hive.url and any(w.id == worker_id for w in hive.workers):
             await queen.control.call(hive.url, "DELETE", f"/v1/workers/{worker_id}")
             queen.registry.forget_worker(worker_id)
+            queen.dispatcher.forget(worker_id)
             return Response(status_code=204)
     raise WorkerNotFound(f"No hive reports a worker '{worker_id[:64]}'.")
