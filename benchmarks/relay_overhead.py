@@ -64,9 +64,15 @@ class Result:
     tokens_per_s: float
     errors: int
     queen_peak_rss_mib: float = 0.0
+    # what the queen itself reports (X-Rbee-Overhead-Ms): its own time before the first
+    # upstream byte, free of the CPU queueing that the workers cause on a small machine
+    overhead_p50_ms: float = float("nan")
+    overhead_p99_ms: float = float("nan")
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, int]:
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, body: bytes
+) -> tuple[float, int, float | None]:
     started = time.perf_counter()
     ttfb = 0.0
     tokens = 0
@@ -74,6 +80,7 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes) -> t
     async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {(await r.read())[:200]!r}")
+        overhead = r.headers.get("X-Rbee-Overhead-Ms")
         async for chunk in r.content.iter_any():
             if not ttfb:
                 ttfb = time.perf_counter() - started
@@ -82,7 +89,7 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes) -> t
             tail = data[-24:]
             tokens -= tail.count(b'"finish_reason":null')
         tokens += tail.count(b'"finish_reason":null')
-    return ttfb, tokens
+    return ttfb, tokens, float(overhead) if overhead is not None else None
 
 
 async def run_level(
@@ -91,6 +98,7 @@ async def run_level(
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     ttfbs: list[float] = []
+    overheads: list[float] = []
     tokens = 0
     errors = 0
     targets = itertools.cycle(urls)
@@ -103,13 +111,15 @@ async def run_level(
         while not queue.empty():
             url = queue.get_nowait()
             try:
-                ttfb, count = await one_stream(session, url, body)
+                ttfb, count, overhead = await one_stream(session, url, body)
             except (aiohttp.ClientError, RuntimeError) as exc:
                 errors += 1
                 print(f"  {name}: {exc}", file=sys.stderr)
                 continue
             ttfbs.append(ttfb)
             tokens += count
+            if overhead is not None:
+                overheads.append(overhead)
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         started = time.perf_counter()
@@ -125,6 +135,8 @@ async def run_level(
         wall,
         tokens / wall if wall else 0.0,
         errors,
+        overhead_p50_ms=statistics.median(overheads) if overheads else float("nan"),
+        overhead_p99_ms=percentile(overheads, 99) if overheads else float("nan"),
     )
 
 
@@ -296,7 +308,14 @@ def report(results: list[Result], queen_rest_mib: float) -> None:
     )
     print_table(
         f"queen vs direct (queen at rest: {queen_rest_mib:.0f} MiB)",
-        ["streams", "added ttfb p50 ms", "added ttfb p99 ms", "ttfb p50 x", "tokens/s x"],
+        [
+            "streams",
+            "added ttfb p50 ms",
+            "added ttfb p99 ms",
+            "ttfb p50 x",
+            "tokens/s x",
+            "queen's own p50/p99 ms",
+        ],
         [
             [
                 d.concurrency,
@@ -304,6 +323,7 @@ def report(results: list[Result], queen_rest_mib: float) -> None:
                 q.ttfb_p99_ms - d.ttfb_p99_ms,
                 q.ttfb_p50_ms / d.ttfb_p50_ms,
                 q.tokens_per_s / d.tokens_per_s,
+                f"{q.overhead_p50_ms:.2f} / {q.overhead_p99_ms:.2f}",
             ]
             for d, q in zip(results[::2], results[1::2], strict=True)
         ],

@@ -196,15 +196,24 @@ def start_llama_server(
     return proc, url
 
 
-def measure(name: str, fn: Callable[[], Run], runs: int) -> dict[str, Any]:
-    fn()  # warm-up: first-touch of weights, caches
-    results = [fn() for _ in range(runs)]
-    return {
-        "name": name,
-        "ttft_ms": median([r.ttft_ms for r in results]),
-        "tokens_per_s": median([r.tokens_per_s for r in results]),
-        "tokens": median([len(r.stamps) for r in results]),
-    }
+def measure(engines: dict[str, Callable[[], Run]], runs: int) -> list[dict[str, Any]]:
+    """Every engine once per round, `runs` rounds, medians per engine. Interleaved, so a
+    machine whose speed drifts (shared cores) shifts every engine alike."""
+    for fn in engines.values():
+        fn()  # warm-up: first-touch of weights, caches, connections
+    results: dict[str, list[Run]] = {name: [] for name in engines}
+    for _ in range(runs):
+        for name, fn in engines.items():
+            results[name].append(fn())
+    return [
+        {
+            "name": name,
+            "ttft_ms": median([r.ttft_ms for r in done]),
+            "tokens_per_s": median([r.tokens_per_s for r in done]),
+            "tokens": median([len(r.stamps) for r in done]),
+        }
+        for name, done in results.items()
+    ]
 
 
 def own_time_per_token(path: Path, tokens: int, threads: int, fa: str) -> tuple[float, float]:
@@ -276,11 +285,6 @@ def main() -> None:
     fa = args.flash_attn or ("off" if args.model == "tiny" else "on")
     streaming, bare = llama_cpp_python(path, args.tokens, args.threads, n_ctx, fa == "on")
     bare_long = bare(args.long)
-    rows = [
-        measure("llama-cpp-python create_completion(stream)", streaming, args.runs),
-        measure("llama.cpp bare decode loop (in-process)", bare, args.runs),
-    ]
-    worker, url = start_worker(path, args.threads, n_ctx, fa)
     body = {
         "model": "m",
         "prompt": PROMPT,
@@ -289,35 +293,30 @@ def main() -> None:
         "seed": 1,
         "stream": True,
     }
+    servers: list[subprocess.Popen[bytes]] = []
     try:
-        rows.append(
-            measure(
-                "llm-worker-rbee (HTTP SSE)",
-                lambda: http_stream(url + "/v1/completions", body),
-                args.runs,
+        worker, url = start_worker(path, args.threads, n_ctx, fa)
+        servers.append(worker)
+        engines: dict[str, Callable[[], Run]] = {
+            "llama-cpp-python create_completion(stream)": streaming,
+            "llama.cpp bare decode loop (in-process)": bare,
+            "llm-worker-rbee (HTTP SSE)": lambda: http_stream(url + "/v1/completions", body),
+        }
+        binary = llama_server_binary()
+        if binary:
+            server, surl = start_llama_server(binary, path, args.threads, n_ctx, fa)
+            servers.append(server)
+            engines["llama-server (HTTP SSE)"] = lambda: http_stream(surl + "/v1/completions", body)
+        else:
+            print(
+                "llama-server not found (build it with benchmarks/build_llama_server.sh, "
+                "or set LLAMA_SERVER): skipped"
             )
-        )
+        rows = measure(engines, args.runs)
         long_run = http_stream(url + "/v1/completions", {**body, "max_tokens": args.long})
     finally:
-        stop(worker)
-    binary = llama_server_binary()
-    if binary:
-        server, surl = start_llama_server(binary, path, args.threads, n_ctx, fa)
-        try:
-            rows.append(
-                measure(
-                    "llama-server (HTTP SSE)",
-                    lambda: http_stream(surl + "/v1/completions", body),
-                    args.runs,
-                )
-            )
-        finally:
-            stop(server)
-    else:
-        print(
-            "llama-server not found (build it with benchmarks/build_llama_server.sh, or set "
-            "LLAMA_SERVER): skipped"
-        )
+        for proc in servers:
+            stop(proc)
     worker_rate = rows[2]["tokens_per_s"]
     for row in rows:
         row["worker_ratio"] = worker_rate / row["tokens_per_s"]
