@@ -35,6 +35,10 @@ from benchmarks._common import (
 )
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
+TOP_K = 40
+# The same sampling for every engine: top-k 40 (the worker's and llama-server's default),
+# then temperature; llama-server's and llama-cpp-python's other default samplers off.
+SAMPLING = {"temperature": 0.8, "top_k": TOP_K, "top_p": 1.0, "min_p": 0.0}
 
 
 class Run:
@@ -77,9 +81,7 @@ def llama_cpp_python(
 
     def streaming() -> Run:
         run = Run()
-        for _ in llm.create_completion(
-            PROMPT, max_tokens=tokens, stream=True, temperature=0.8, seed=1
-        ):
+        for _ in llm.create_completion(PROMPT, max_tokens=tokens, stream=True, seed=1, **SAMPLING):
             run.token()
         return run
 
@@ -88,6 +90,7 @@ def llama_cpp_python(
         llm.reset()
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(TOP_K))
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(0.8))
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(1))
         run = Run()
@@ -243,7 +246,9 @@ def own_time_per_token(path: Path, tokens: int, threads: int, fa: str) -> tuple[
     try:
         for name, call in real.items():
             setattr(llama_cpp, name, timed(call))
-        params = GenerationParams(model.tokenize(PROMPT), tokens, temperature=0.8, seed=1)
+        params = GenerationParams(
+            model.tokenize(PROMPT), tokens, temperature=0.8, top_k=TOP_K, seed=1
+        )
         slot.generate(params, lambda _: stamps.append((time.perf_counter(), inside[0])))
     finally:
         for name, call in real.items():
@@ -285,14 +290,8 @@ def main() -> None:
     fa = args.flash_attn or ("off" if args.model == "tiny" else "on")
     streaming, bare = llama_cpp_python(path, args.tokens, args.threads, n_ctx, fa == "on")
     bare_long = bare(args.long)
-    body = {
-        "model": "m",
-        "prompt": PROMPT,
-        "max_tokens": args.tokens,
-        "temperature": 0.8,
-        "seed": 1,
-        "stream": True,
-    }
+    body = {"model": "m", "prompt": PROMPT, "max_tokens": args.tokens, "seed": 1, "stream": True}
+    body.update(SAMPLING)
     servers: list[subprocess.Popen[bytes]] = []
     try:
         worker, url = start_worker(path, args.threads, n_ctx, fa)

@@ -52,6 +52,7 @@ class GenerationParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: off
     seed: int | None = None
     stop: Sequence[str] = ()
     presence_penalty: float = 0.0
@@ -373,6 +374,8 @@ class Slot:
         if params.temperature <= 0.0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain
+        if params.top_k > 0:  # first: every later step then sees k candidates, not the vocabulary
+            add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
         if params.top_p < 1.0:
             add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
         add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))

@@ -31,6 +31,7 @@ def generation_params(
         max_tokens=max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
+        top_k=sampling.top_k,
         seed=sampling.seed,
         stop=tuple(sampling.stop_list),
         presence_penalty=sampling.presence_penalty,

@@ -12,6 +12,11 @@ MAX_STOP_LENGTH = 100
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# Not in OpenAI's API; vLLM and llama.cpp's server take it too. 40 is what llama.cpp's
+# server and Ollama use: it keeps the sampler from sorting the whole vocabulary (262,144
+# tokens for Gemma 3) at every token. 0 turns it off.
+DEFAULT_TOP_K = 40
+TopK = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
 def normalise_stop(value: str | list[str] | None) -> list[str]:
@@ -34,6 +39,7 @@ class SamplingParams(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
+    top_k: TopK = DEFAULT_TOP_K
     seed: int | None = None
     stop: str | list[str] | None = None
     presence_penalty: Penalty = 0.0

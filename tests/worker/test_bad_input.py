@@ -80,6 +80,7 @@ CASES: list[tuple[str, Any, int, str, str | None]] = [
         "presence_penalty",
     ),
     (CHAT, {"model": "m", "messages": MESSAGES, "seed": "abc"}, 400, "VALIDATION_ERROR", "seed"),
+    (CHAT, {"model": "m", "messages": MESSAGES, "top_k": -1}, 400, "VALIDATION_ERROR", "top_k"),
     (
         CHAT,
         {"model": "m", "messages": MESSAGES, "max_tokens": 0},

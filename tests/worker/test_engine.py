@@ -126,3 +126,15 @@ def test_chat_template_falls_back_to_chatml(model: Model) -> None:
     prompt = model.apply_chat_template([("system", "Be brief."), ("user", "Hi")])
     assert prompt.endswith("<|im_start|>assistant\n")
     assert "<|im_start|>system\nBe brief.<|im_end|>" in prompt
+
+
+def test_top_k_one_is_greedy(model: Model, slot: Slot) -> None:
+    """top_k 1 leaves one candidate: any temperature and seed give the greedy text."""
+    prompt = model.tokenize("Top k")
+    greedy: list[str] = []
+    slot.generate(GenerationParams(prompt, 30, temperature=0.0), greedy.append)
+    for seed in (1, 2):
+        pieces: list[str] = []
+        params = GenerationParams(prompt, 30, temperature=1.5, top_k=1, seed=seed)
+        slot.generate(params, pieces.append)
+        assert "".join(pieces) == "".join(greedy)
