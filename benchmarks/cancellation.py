@@ -20,15 +20,18 @@ import httpx
 from benchmarks._common import median, model_path, percentile, print_table, stop, write_results
 from benchmarks.worker_efficiency import start_worker
 
+# Made once: a fresh httpx client costs tens of milliseconds here (its TLS context), which
+# would be timed as cancellation latency.
+CLIENT = httpx.Client(timeout=5)
+
 
 def slot_free_after(url: str, since: float, timeout: float = 10.0) -> float:
     """Seconds from `since` until /v1/ready reports no busy slot (polled every ~1 ms)."""
-    with httpx.Client(timeout=2) as client:
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            if client.get(url + "/v1/ready").json()["slots_busy"] == 0:
-                return time.perf_counter() - since
-            time.sleep(0.001)
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if CLIENT.get(url + "/v1/ready").json()["slots_busy"] == 0:
+            return time.perf_counter() - since
+        time.sleep(0.001)
     raise TimeoutError("slot never freed")
 
 
@@ -54,7 +57,7 @@ def during_decode(url: str, how: str) -> float:
     if how == "disconnect":
         sock.close()
     else:
-        httpx.delete(f"{url}/v1/inference/{job}")
+        CLIENT.delete(f"{url}/v1/inference/{job}")
     elapsed = slot_free_after(url, started)
     sock.close()
     return elapsed
@@ -65,15 +68,14 @@ def during_prompt(url: str, how: str, prompt_words: int) -> float:
     prompt = "word " * prompt_words
     body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": 1, "stream": True}).encode()
     sock = _raw_request(url, body, {"X-Rbee-Job-Id": job})
-    with httpx.Client() as client:  # wait until the job holds the slot, then a little more
-        while client.get(url + "/v1/ready").json()["slots_busy"] == 0:
-            time.sleep(0.001)
+    while CLIENT.get(url + "/v1/ready").json()["slots_busy"] == 0:  # the job holds the slot
+        time.sleep(0.001)
     time.sleep(0.02)
     started = time.perf_counter()
     if how == "disconnect":
         sock.close()
     else:
-        httpx.delete(f"{url}/v1/inference/{job}")
+        CLIENT.delete(f"{url}/v1/inference/{job}")
     elapsed = slot_free_after(url, started)
     sock.close()
     return elapsed

@@ -129,12 +129,17 @@ def start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def measure(path: Path, runs: int) -> tuple[list[dict[str, float]], list[float]]:
+def measure(path: Path, runs: int, standby: bool) -> tuple[list[dict[str, float]], list[float]]:
     ref = f"file:{path}"
     with tempfile.TemporaryDirectory() as home:
         queen_port, hive_port = free_port(), free_port()
         queen_url, hive_url = f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{hive_port}"
-        env = {**os.environ, "RBEE_HOME": home, "RBEE_HIVE_HEARTBEAT_INTERVAL_S": "1"}
+        env = {
+            **os.environ,
+            "RBEE_HOME": home,
+            "RBEE_HIVE_HEARTBEAT_INTERVAL_S": "1",
+            "RBEE_HIVE_STANDBY_WORKER": str(standby).lower(),
+        }
         queen = start(
             [str(VENV_BIN / "queen-rbee"), "--port", str(queen_port), "--data-dir", home + "/q"],
             env,
@@ -159,9 +164,11 @@ def measure(path: Path, runs: int) -> tuple[list[dict[str, float]], list[float]]
             assert events[-1]["type"] == "end", events[-1]
             hive_runs, queen_runs = [], []
             for _ in range(runs):
-                wait_for_idle_standby(hive.pid)
+                if standby:
+                    wait_for_idle_standby(hive.pid)
                 hive_runs.append(at_the_hive(hive_url, ref))
-                wait_for_idle_standby(hive.pid)
+                if standby:
+                    wait_for_idle_standby(hive.pid)
                 time.sleep(1.5)  # a heartbeat has told the queen the last worker is gone
                 queen_runs.append(through_the_queen(queen_url, ref))
         finally:
@@ -175,11 +182,14 @@ def main() -> None:
     parser.add_argument("--model", default="gemma")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--no-standby", action="store_true", help="the hive keeps no standby worker"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.model, args.runs = "tiny", 1
     path = model_path(args.model)
-    hive_runs, queen_runs = measure(path, args.runs)
+    hive_runs, queen_runs = measure(path, args.runs, standby=not args.no_standby)
     bare = median([bare_load_s(path) for _ in range(args.runs)]) * 1000
     summary: dict[str, Any] = {k: median([r[k] for r in hive_runs]) for k in hive_runs[0]}
     summary["queen_total_ms"] = median(queen_runs)
@@ -187,7 +197,8 @@ def main() -> None:
     summary["added_ms"] = summary["queen_total_ms"] - bare
     summary["hive_added_ms"] = summary["total_ms"] - bare
     print_table(
-        f"cold start, {path.name}, median of {args.runs} (ms)",
+        f"cold start, {path.name}, standby worker {'off' if args.no_standby else 'on'}, "
+        f"median of {args.runs} (ms)",
         ["path", "spawn", "load", "first token", "total", "bare load", "rbee adds"],
         [
             [
@@ -202,10 +213,12 @@ def main() -> None:
             ["through the queen", "", "", "", summary["queen_total_ms"], bare, summary["added_ms"]],
         ],
     )
+    name = args.model if args.model in ("tiny", "gemma") else "custom"
     write_results(
-        f"cold_start_{args.model if args.model in ('tiny', 'gemma') else 'custom'}",
+        f"cold_start_{name}{'_no_standby' if args.no_standby else ''}",
         {
             "model": path.name,
+            "standby": not args.no_standby,
             "hive_runs": hive_runs,
             "queen_runs_ms": queen_runs,
             "summary": summary,

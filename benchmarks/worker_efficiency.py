@@ -36,6 +36,9 @@ from benchmarks._common import (
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
 TOP_K = 40
+# A pause before each run: llama.cpp's threads keep spinning for a while after a decode
+# and would take the cores from the engine measured next.
+SETTLE_S = 0.5
 # The same sampling for every engine: top-k 40 (the worker's and llama-server's default),
 # then temperature; llama-server's and llama-cpp-python's other default samplers off.
 SAMPLING = {"temperature": 0.8, "top_k": TOP_K, "top_p": 1.0, "min_p": 0.0}
@@ -207,6 +210,7 @@ def measure(engines: dict[str, Callable[[], Run]], runs: int) -> list[dict[str, 
     results: dict[str, list[Run]] = {name: [] for name in engines}
     for _ in range(runs):
         for name, fn in engines.items():
+            time.sleep(SETTLE_S)
             results[name].append(fn())
     return [
         {
