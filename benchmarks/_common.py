@@ -73,9 +73,11 @@ def print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
-def write_results(name: str, payload: dict[str, Any], *, smoke: bool = False) -> Path:
+def write_results(
+    name: str, payload: dict[str, Any], *, smoke: bool = False, plot: bool = False
+) -> Path:
     """`results/<name>.json`; a smoke run writes `<name>_smoke.json` (not kept in git), so
-    it never overwrites a real measurement."""
+    it never overwrites a real measurement. `plot` draws the PNG beside it."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}{'_smoke' if smoke else ''}.json"
     payload = {
@@ -86,6 +88,10 @@ def write_results(name: str, payload: dict[str, Any], *, smoke: bool = False) ->
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {path.relative_to(ROOT)}")
+    if plot:
+        from benchmarks.plot import plot as draw
+
+        print(f"wrote {draw(path).relative_to(ROOT)}")
     return path
 
 

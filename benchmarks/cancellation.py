@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--prompt-words", type=int, default=1500)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--plot", action="store_true", help="also draw a PNG (matplotlib)")
     args = parser.parse_args()
     if args.smoke:
         args.model, args.runs, args.prompt_words = "tiny", 1, 3000
@@ -122,6 +123,7 @@ def main() -> None:
             "results": results,
         },
         smoke=args.smoke,
+        plot=args.plot,
     )
 
 

@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--model", default="gemma")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--plot", action="store_true", help="also draw a PNG (matplotlib)")
     parser.add_argument(
         "--no-standby", action="store_true", help="the hive keeps no standby worker"
     )
@@ -225,6 +226,7 @@ def main() -> None:
             "target_added_ms": 500,
         },
         smoke=args.smoke,
+        plot=args.plot,
     )
 
 

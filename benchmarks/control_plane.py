@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument("--hives", type=int, default=1000, help="simulated hives")
     parser.add_argument("--intervals", type=int, default=4, help="heartbeat intervals measured")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
+    parser.add_argument("--plot", action="store_true", help="also draw a PNG (matplotlib)")
     args = parser.parse_args()
     if args.smoke:
         args.workers, args.rounds, args.hives, args.intervals = "10,100", 50, 10, 1
@@ -294,6 +295,7 @@ def main() -> None:
             "targets": {"decision_us_at_10000": 100, "heartbeat_core_share_pct": 10},
         },
         smoke=args.smoke,
+        plot=args.plot,
     )
 
 

@@ -228,6 +228,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--model", default="gemma", help="model of the worker measurement")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
+    parser.add_argument("--plot", action="store_true", help="also draw a PNG (matplotlib)")
     args = parser.parse_args()
     if args.smoke:
         args.streams, args.model = 8, "tiny"
@@ -265,6 +266,7 @@ def main() -> None:
         "memory",
         {"queen": queen, "hive": hive, "worker": worker},
         smoke=args.smoke,
+        plot=args.plot,
     )
 
 

@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="requests per stream slot")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
+    parser.add_argument("--plot", action="store_true", help="also draw a PNG (matplotlib)")
     args = parser.parse_args()
     if args.smoke:
         args.levels, args.max_tokens, args.rounds = "1,4", 8, 1
@@ -278,6 +279,7 @@ def main() -> None:
             },
         },
         smoke=args.smoke,
+        plot=args.plot,
     )
 
 

@@ -280,6 +280,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--long", type=int, default=4000, help="tokens for the flatness run")
     parser.add_argument("--smoke", action="store_true", help="tiny model, tiny sizes (CI)")
+    parser.add_argument("--plot", action="store_true", help="also draw a PNG (matplotlib)")
     parser.add_argument(
         "--flash-attn",
         choices=["on", "off"],
@@ -344,8 +345,10 @@ def main() -> None:
             ["last 100", last, bare_last, own_last],
         ],
     )
+    name = args.model if args.model in ("tiny", "gemma") else "custom"
+    threads = "" if args.threads == (os.cpu_count() or 2) else f"_t{args.threads}"
     write_results(
-        f"worker_efficiency_{args.model if args.model in ('tiny', 'gemma') else 'custom'}",
+        f"worker_efficiency_{name}{threads}",
         {
             "model": path.name,
             "tokens": args.tokens,
@@ -364,6 +367,7 @@ def main() -> None:
             },
         },
         smoke=args.smoke,
+        plot=args.plot,
     )
 
 

@@ -22,9 +22,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def run_smoke(module: str, result: str) -> dict[str, Any]:
     path = RESULTS / f"{result}_smoke.json"
+    png = path.with_suffix(".png")
     path.unlink(missing_ok=True)
+    png.unlink(missing_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{module}", "--smoke"],
+        [sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--plot"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -34,6 +36,8 @@ def run_smoke(module: str, result: str) -> dict[str, Any]:
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     data: dict[str, Any] = json.loads(path.read_text())
     path.unlink()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot was drawn
+    png.unlink()
     assert data["machine"]["cores"] >= 1
     return data
 
