@@ -39,7 +39,13 @@ from benchmarks._common import (
     wait_http,
     write_results,
 )
-from benchmarks.relay_overhead import SLOTS_PER_WORKER, start_queen, start_workers, stop_all
+from benchmarks.relay_overhead import (
+    SLOTS_PER_WORKER,
+    announce,
+    start_queen,
+    start_workers,
+    stop_all,
+)
 
 MIB = 2**20
 
@@ -105,24 +111,7 @@ def queen_memory(streams: int) -> dict[str, Any]:
         procs, workers = start_workers(model_path("tiny"), count, root, n_ctx=4096)
         queen_proc, queen = start_queen(root)
         procs.append(queen_proc)
-        for url in workers:
-            wait_http(url + "/v1/ready", timeout=120)
-        wait_http(queen + "/health")
-        beat = {
-            "url": "http://127.0.0.1:9",
-            "models": ["tiny"],
-            "workers": [
-                {
-                    "id": f"bench-{i}",
-                    "state": "idle",
-                    "url": url,
-                    "model": "tiny",
-                    "slots": {"total": SLOTS_PER_WORKER, "busy": 0},
-                }
-                for i, url in enumerate(workers)
-            ],
-        }
-        httpx.post(f"{queen}/v2/hives/bench/heartbeat", json=beat).raise_for_status()
+        announce(queen, workers)
         asyncio.run(_hold_streams(queen, 4, queen_proc.pid))  # warm up every code path
         rest = rss_mib(queen_proc.pid)
         loaded, errors = asyncio.run(_hold_streams(queen, streams, queen_proc.pid))

@@ -200,6 +200,29 @@ def start_queen(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     return start(argv, root / "queen.log", env), f"http://127.0.0.1:{port}"
 
 
+def announce(queen: str, workers: list[str]) -> None:
+    """Once the workers and the queen are up, tell the queen about the workers with one
+    heartbeat of a hive that is not there: the hive is not on the token path."""
+    for url in workers:
+        wait_http(url + "/v1/ready", timeout=120)
+    wait_http(queen + "/health")
+    beat = {
+        "url": "http://127.0.0.1:9",
+        "models": ["tiny"],
+        "workers": [
+            {
+                "id": f"bench-{i}",
+                "state": "idle",
+                "url": url,
+                "model": "tiny",
+                "slots": {"total": SLOTS_PER_WORKER, "busy": 0},
+            }
+            for i, url in enumerate(workers)
+        ],
+    }
+    httpx.post(f"{queen}/v2/hives/bench/heartbeat", json=beat).raise_for_status()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,50,200,1000", help="concurrent streams per run")
@@ -218,24 +241,7 @@ def main() -> None:
         procs, workers = start_workers(model, math.ceil(max(levels) / SLOTS_PER_WORKER), root)
         queen_proc, queen = start_queen(root)
         procs.append(queen_proc)
-        for url in workers:
-            wait_http(url + "/v1/ready", timeout=120)
-        wait_http(queen + "/health")
-        beat = {
-            "url": "http://127.0.0.1:9",
-            "models": ["tiny"],
-            "workers": [
-                {
-                    "id": f"bench-{i}",
-                    "state": "idle",
-                    "url": url,
-                    "model": "tiny",
-                    "slots": {"total": SLOTS_PER_WORKER, "busy": 0},
-                }
-                for i, url in enumerate(workers)
-            ],
-        }
-        httpx.post(f"{queen}/v2/hives/bench/heartbeat", json=beat).raise_for_status()
+        announce(queen, workers)
         body = json.dumps(
             {
                 "model": "tiny",
