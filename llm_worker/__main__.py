@@ -35,9 +35,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args[:1] == [STANDBY_FLAG]:  # see llm_worker.standby
         try:
             assigned = wait_for_assignment(args[1:])
-        except ValueError as exc:
-            print(f"llm-worker-rbee: standby: {exc}", file=sys.stderr)
-            sys.exit(1)
+        except ValueError as exc:  # logging is not set up yet: one line on stderr, exit 1
+            sys.exit(f"llm-worker-rbee: standby: {exc}")
         if assigned is None:
             sys.exit(0)
         args = assigned

@@ -19,7 +19,7 @@ from shared.auth import Audience, Role, mint_token
 from shared.hives import Heartbeat, HiveRegistration
 from shared.workers import WorkerInfo
 from tests.hive.support import download, start_hive, write_secret
-from tests.procs import Processes, free_port, wait_until
+from tests.procs import Processes, Service, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -76,25 +76,31 @@ def run_queen(port: int, queen: FakeQueen) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def test_hive_registers_and_heartbeats_once_the_queen_appears(
-    processes: Processes, rbee_home: Path, tiny_model: Path, tmp_path: Path
-) -> None:
+def beating_hive(
+    processes: Processes, home: Path, tmp_path: Path, queen_port: int, hive_id: str
+) -> tuple[Service, dict[str, str]]:
+    """A hive with the cluster secret that beats to a queen on `queen_port` every 0.3 s,
+    and an operator's headers for it."""
     secret = write_secret(tmp_path / "jwt.secret", SECRET)
-    queen_port = free_port()
     hive = start_hive(
         processes,
-        rbee_home,
+        home,
         env={
             "RBEE_HIVE_JWT_SECRET_FILE": str(secret),
             "RBEE_HIVE_QUEEN_URL": f"http://127.0.0.1:{queen_port}",
             "RBEE_HIVE_HEARTBEAT_INTERVAL_S": "0.3",
-            "RBEE_HIVE_ID": "hb-hive",
+            "RBEE_HIVE_ID": hive_id,
         },
     )
-    operator = {
-        "Authorization": "Bearer "
-        + mint_token(SECRET, role=Role.OPERATOR, audience=Audience.HIVE, ttl_s=300)
-    }
+    token = mint_token(SECRET, role=Role.OPERATOR, audience=Audience.HIVE, ttl_s=300)
+    return hive, {"Authorization": f"Bearer {token}"}
+
+
+def test_hive_registers_and_heartbeats_once_the_queen_appears(
+    processes: Processes, rbee_home: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    queen_port = free_port()
+    hive, operator = beating_hive(processes, rbee_home, tmp_path, queen_port, "hb-hive")
     # No queen yet: the hive serves as usual.
     assert download(hive.url, f"file:{tiny_model}", headers=operator)[-1]["type"] == "end"
     assert httpx.get(hive.url + "/v1/workers", headers=operator).status_code == 200
@@ -127,26 +133,12 @@ def test_hive_registers_and_heartbeats_once_the_queen_appears(
 def test_heartbeat_snapshot_carries_the_hives_live_workers(
     processes: Processes, rbee_home: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    secret = write_secret(tmp_path / "jwt.secret", SECRET)
     queen = FakeQueen()
     queen_port = free_port()
     runner = run_queen(queen_port, queen)
     next(runner)
     try:
-        hive = start_hive(
-            processes,
-            rbee_home,
-            env={
-                "RBEE_HIVE_JWT_SECRET_FILE": str(secret),
-                "RBEE_HIVE_QUEEN_URL": f"http://127.0.0.1:{queen_port}",
-                "RBEE_HIVE_HEARTBEAT_INTERVAL_S": "0.3",
-                "RBEE_HIVE_ID": "hb-workers",
-            },
-        )
-        operator = {
-            "Authorization": "Bearer "
-            + mint_token(SECRET, role=Role.OPERATOR, audience=Audience.HIVE, ttl_s=300)
-        }
+        hive, operator = beating_hive(processes, rbee_home, tmp_path, queen_port, "hb-workers")
         assert download(hive.url, f"file:{tiny_model}", headers=operator)[-1]["type"] == "end"
         spawned = httpx.post(
             hive.url + "/v1/workers/spawn",

@@ -18,6 +18,7 @@ import pytest
 from tests.integration.workers import start_worker
 from tests.procs import Processes, Service, wait_until
 from tests.queen.stack import (
+    BackgroundStream,
     beat,
     data_events,
     slots_busy,
@@ -398,25 +399,14 @@ def test_sigterm_refuses_new_inference_and_lets_the_running_stream_finish(
 ) -> None:
     queen, worker = one
     body = {"model": "tiny", "prompt": "Tell me a story", "max_tokens": 1500}
-    lines: list[str] = []
-    streaming = threading.Event()
-
-    def consume() -> None:
-        with httpx.stream("POST", queen.url + "/v2/tasks", json=body, timeout=90) as response:
-            for line in sse_lines(response):
-                lines.append(line)
-                if '"type":"token"' in line:
-                    streaming.set()
-
-    reader = threading.Thread(target=consume)
-    reader.start()
-    assert streaming.wait(30), lines
+    stream = BackgroundStream(queen.url, body)
+    assert stream.streaming.wait(30), stream.lines
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
     late = _request_waiting_for_its_body(
         queen.url, "/v1/chat/completions", json.dumps(chat).encode()
     )
     queen.signal(signal.SIGTERM)
-    at_signal = len(lines)
+    at_signal = len(stream.lines)
     wait_until(lambda: _refused(queen.url), timeout=10, what="the queen to stop listening")
     with pytest.raises(httpx.ConnectError):  # new connections are not accepted at all
         httpx.post(queen.url + "/v1/chat/completions", json=chat, timeout=5)
@@ -425,9 +415,8 @@ def test_sigterm_refuses_new_inference_and_lets_the_running_stream_finish(
     late.close()
     assert status == 503 and json.loads(answer)["error"]["code"] == "SHUTTING_DOWN"
 
-    reader.join(60)
-    events = data_events(lines)
-    assert len(lines) > at_signal + 10  # the stream went on after the signal
+    events = stream.join()
+    assert len(stream.lines) > at_signal + 10  # the stream went on after the signal
     assert events[-1] == "[DONE]"
     assert events[-2]["type"] == "end" and events[-2]["tokens_out"] == 1500
     assert queen.wait_exit(30) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from tests.procs import Processes, free_port, pid_alive, wait_until
 from tests.queen.sshserver import LocalSshServer
-from tests.queen.stack import HIVE_ENV, data_events, hive_state, sse_lines, start_queen
+from tests.queen.stack import HIVE_ENV, BackgroundStream, hive_state, start_queen
 
 pytestmark = pytest.mark.integration
 
@@ -64,25 +63,13 @@ def test_a_hive_added_by_ssh_is_started_and_sigterm_drains_then_stops_it_and_res
 
     # A long stream is running when SIGTERM arrives: it finishes, new work is refused.
     body = {"model": f"file:{tiny_model}", "prompt": "Tell me a story", "max_tokens": 1500}
-    lines: list[str] = []
-    streaming = threading.Event()
-
-    def consume() -> None:
-        with httpx.stream("POST", queen.url + "/v2/tasks", json=body, timeout=90) as response:
-            for line in sse_lines(response):
-                lines.append(line)
-                if '"type":"token"' in line:
-                    streaming.set()
-
-    reader = threading.Thread(target=consume)
-    reader.start()
-    assert streaming.wait(60), lines
+    stream = BackgroundStream(queen.url, body)
+    assert stream.streaming.wait(60), stream.lines
     worker_pids = [w["pid"] for w in httpx.get(hive_url + "/v1/workers").json()["data"]]
     queen.signal(signal.SIGTERM)
-    at_signal = len(lines)
-    reader.join(60)
-    events = data_events(lines)
-    assert len(lines) > at_signal + 10  # the stream went on after the signal
+    at_signal = len(stream.lines)
+    events = stream.join()
+    assert len(stream.lines) > at_signal + 10  # the stream went on after the signal
     assert events[-1] == "[DONE]"
     assert events[-2]["type"] == "end" and events[-2]["stop_reason"] == "length"
     assert queen.wait_exit(30) == 0

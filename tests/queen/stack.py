@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,29 @@ def sse_lines(response: httpx.Response) -> Iterator[str]:
     for line in response.iter_lines():
         if line:
             yield line
+
+
+class BackgroundStream:
+    """A native task stream read on a thread: `lines` fills as events arrive, `streaming`
+    is set at the first token. `join()` waits for its end."""
+
+    def __init__(self, url: str, body: dict[str, Any], timeout: float = 90) -> None:
+        self.lines: list[str] = []
+        self.streaming = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(url, body, timeout))
+        self._thread.start()
+
+    def _read(self, url: str, body: dict[str, Any], timeout: float) -> None:
+        with httpx.stream("POST", url + "/v2/tasks", json=body, timeout=timeout) as response:
+            for line in sse_lines(response):
+                self.lines.append(line)
+                if '"type":"token"' in line:
+                    self.streaming.set()
+
+    def join(self, timeout: float = 60) -> list[Any]:
+        """The stream's data events, once it ended."""
+        self._thread.join(timeout)
+        return data_events(self.lines)
 
 
 def data_events(lines: list[str]) -> list[Any]:
