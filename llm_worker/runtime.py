@@ -216,7 +216,7 @@ class WorkerRuntime:
 
 
 class Generation:
-    """One running generation: iterate it for text pieces, then one :class:`Finished`.
+    """One running generation: `batches()` gives its text pieces, then one :class:`Finished`.
 
     The thread starts at construction, so the slot's release never depends on whether
     anybody iterates. `cancel()` (idempotent) stops the thread at its next check; it is
@@ -245,11 +245,6 @@ class Generation:
 
     def cancel(self) -> None:
         self.job.slot.cancel()
-
-    async def __aiter__(self) -> AsyncIterator[str | Finished]:
-        async for batch in self.batches():
-            for item in batch:
-                yield item
 
     async def batches(self) -> AsyncIterator[list[str | Finished]]:
         """Everything produced since the last batch: one wake-up and one write to the
