@@ -60,6 +60,9 @@ class WaitStatus:
     position: int = 0
     stage: str | None = None  # downloading, spawning, loading_model
     progress: float = 0.0
+    # the last stage shown, kept after the cold start ended (a native stream served by a
+    # cold start owes its client a `loading` event, however fast the start was)
+    seen_stage: str | None = None
 
 
 @dataclass
@@ -265,6 +268,7 @@ class Dispatcher:
         status.position = queue.index(ticket) + 1
         cold = self._cold.get(model)
         status.stage = cold.stage if cold else None
+        status.seen_stage = status.stage or status.seen_stage
 
     # cold start ----------------------------------------------------------------------
 

@@ -93,19 +93,9 @@ class Call:
 
 @dataclass
 class Waiting(WaitStatus):
-    """The dispatcher's wait status, remembering the cold start it showed.
+    """The dispatcher's wait status, and whether this stream sent its `loading` event."""
 
-    The dispatcher clears `stage` when its cold start ends, maybe before this request got
-    its lease; a native stream still owes its client a `loading` event then.
-    """
-
-    cold_stage: str | None = None
     loading_sent: bool = False
-
-    def __setattr__(self, name: str, value: object) -> None:
-        super().__setattr__(name, value)
-        if name == "stage" and value is not None:
-            super().__setattr__("cold_stage", value)
 
 
 def parse_deadline(header: str | None, default_s: float) -> tuple[str, float]:
@@ -372,10 +362,10 @@ class Inference:
     @staticmethod
     def _loading_owed(status: Waiting) -> bytes:
         """The `loading` event of a cold start that ended before any keep-alive was due."""
-        if status.cold_stage is None or status.loading_sent:
+        if status.seen_stage is None or status.loading_sent:
             return b""
         status.loading_sent = True
-        return encode_data({"type": "loading", "stage": status.cold_stage, "progress": 1.0})
+        return encode_data({"type": "loading", "stage": status.seen_stage, "progress": 1.0})
 
     @staticmethod
     def _cancelled_end(call: Call) -> bytes:
