@@ -53,14 +53,7 @@ def during_decode(url: str, how: str) -> float:
     sock = _raw_request(url, body, {"X-Rbee-Job-Id": job})
     sock.recv(4096)  # headers and the first tokens: decoding is under way
     time.sleep(0.05)
-    started = time.perf_counter()
-    if how == "disconnect":
-        sock.close()
-    else:
-        CLIENT.delete(f"{url}/v1/inference/{job}")
-    elapsed = slot_free_after(url, started)
-    sock.close()
-    return elapsed
+    return _cancel(url, sock, job, how)
 
 
 def during_prompt(url: str, how: str, prompt_words: int) -> float:
@@ -71,6 +64,11 @@ def during_prompt(url: str, how: str, prompt_words: int) -> float:
     while CLIENT.get(url + "/v1/ready").json()["slots_busy"] == 0:  # the job holds the slot
         time.sleep(0.001)
     time.sleep(0.02)
+    return _cancel(url, sock, job, how)
+
+
+def _cancel(url: str, sock: socket.socket, job: str, how: str) -> float:
+    """Stop the job by closing its connection or by DELETE; seconds until its slot is free."""
     started = time.perf_counter()
     if how == "disconnect":
         sock.close()

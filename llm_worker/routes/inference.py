@@ -10,7 +10,10 @@ import asyncio
 import base64
 import struct
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -21,6 +24,7 @@ from llm_worker.engine import GenerationParams
 from llm_worker.prompts import chat_tokens, completion_tokens, generation_params
 from llm_worker.runtime import Job, WorkerRuntime
 from llm_worker.streams import (
+    OpenAIShape,
     chat_shape,
     collect,
     completion_shape,
@@ -35,6 +39,7 @@ from shared.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    FinishReason,
     Usage,
     chat_completion,
     new_id,
@@ -105,6 +110,19 @@ async def cancel(job_id: str, runtime: RuntimeDep) -> Response:
     return Response(status_code=204)
 
 
+@dataclass(frozen=True)
+class _OpenAIFormat:
+    """What tells a chat completion from a text completion: ids, chunks, the final body."""
+
+    id_prefix: str
+    shape: Callable[[str, int, str], OpenAIShape]
+    body: Callable[[str, int, str, str, FinishReason, Usage], dict[str, Any]]
+
+
+_CHAT = _OpenAIFormat("chatcmpl", chat_shape, chat_completion)
+_TEXT = _OpenAIFormat("cmpl", completion_shape, text_completion)
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, runtime: RuntimeDep
@@ -112,35 +130,7 @@ async def chat_completions(
     model = runtime.check_accepting()
     deadline = _loop_deadline(request)
     tokens = chat_tokens(model, body.messages)
-    job, params = _start(runtime, _job_id(request), tokens, body, body.token_limit)
-    cid, created = new_id("chatcmpl"), now()
-    generation = runtime.generate(job, params, deadline)
-    if body.stream:
-        stream = openai_stream(
-            generation,
-            chat_shape(cid, created, body.model),
-            cid=cid,
-            created=created,
-            model=body.model,
-            include_usage=body.include_usage,
-        )
-        return SSEResponse(stream, on_close=generation.cancel)
-    try:
-        text, finished = await unless_disconnected(request, collect(generation))
-    except ClientGone:
-        return Response(status_code=499)
-    finally:
-        generation.cancel()
-    return JSONResponse(
-        chat_completion(
-            cid,
-            created,
-            body.model,
-            text,
-            finish_reason(finished),
-            Usage.of(finished.tokens_in, finished.tokens_out),
-        )
-    )
+    return await _openai_response(request, runtime, body, tokens, deadline, _CHAT)
 
 
 @router.post("/v1/completions", response_model=None)
@@ -148,13 +138,26 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
     model = runtime.check_accepting()
     deadline = _loop_deadline(request)
     tokens = completion_tokens(model, body.prompt_text)
+    echo = body.prompt_text if body.echo else ""
+    return await _openai_response(request, runtime, body, tokens, deadline, _TEXT, echo)
+
+
+async def _openai_response(
+    request: Request,
+    runtime: WorkerRuntime,
+    body: ChatCompletionRequest | CompletionRequest,
+    tokens: list[int],
+    deadline: float | None,
+    form: _OpenAIFormat,
+    echo: str = "",
+) -> Response:
     job, params = _start(runtime, _job_id(request), tokens, body, body.token_limit)
-    cid, created = new_id("cmpl"), now()
+    cid, created = new_id(form.id_prefix), now()
     generation = runtime.generate(job, params, deadline)
     if body.stream:
         stream = openai_stream(
             generation,
-            completion_shape(cid, created, body.model),
+            form.shape(cid, created, body.model),
             cid=cid,
             created=created,
             model=body.model,
@@ -167,17 +170,9 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         return Response(status_code=499)
     finally:
         generation.cancel()
-    if body.echo:
-        text = body.prompt_text + text
+    usage = Usage.of(finished.tokens_in, finished.tokens_out)
     return JSONResponse(
-        text_completion(
-            cid,
-            created,
-            body.model,
-            text,
-            finish_reason(finished),
-            Usage.of(finished.tokens_in, finished.tokens_out),
-        )
+        form.body(cid, created, body.model, echo + text, finish_reason(finished), usage)
     )
 
 
