@@ -30,6 +30,7 @@ SECRET = "heartbeat-cluster-secret-0123456789abcdef"
 class FakeQueen:
     calls: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     forget_next: bool = False  # answer the next heartbeat 404, as a queen that lost us
+    client_ports: list[int] = field(default_factory=list)  # one entry a request
 
     def of(self, method: str) -> list[dict[str, Any]]:
         return [body for m, _, body, _ in self.calls if m == method]
@@ -48,6 +49,7 @@ def _handler(queen: FakeQueen) -> type[BaseHTTPRequestHandler]:
             token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
             claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="rbee-queen")
             queen.calls.append((self.command, self.path, body, claims))
+            queen.client_ports.append(self.client_address[1])
             status = 200
             if self.command == "POST" and queen.forget_next:
                 queen.forget_next, status = False, 404
@@ -77,10 +79,15 @@ def run_queen(port: int, queen: FakeQueen) -> Iterator[None]:
 
 
 def beating_hive(
-    processes: Processes, home: Path, tmp_path: Path, queen_port: int, hive_id: str
+    processes: Processes,
+    home: Path,
+    tmp_path: Path,
+    queen_port: int,
+    hive_id: str,
+    interval_s: float = 0.3,
 ) -> tuple[Service, dict[str, str]]:
-    """A hive with the cluster secret that beats to a queen on `queen_port` every 0.3 s,
-    and an operator's headers for it."""
+    """A hive with the cluster secret that beats to a queen on `queen_port` every
+    `interval_s`, and an operator's headers for it."""
     secret = write_secret(tmp_path / "jwt.secret", SECRET)
     hive = start_hive(
         processes,
@@ -88,7 +95,7 @@ def beating_hive(
         env={
             "RBEE_HIVE_JWT_SECRET_FILE": str(secret),
             "RBEE_HIVE_QUEEN_URL": f"http://127.0.0.1:{queen_port}",
-            "RBEE_HIVE_HEARTBEAT_INTERVAL_S": "0.3",
+            "RBEE_HIVE_HEARTBEAT_INTERVAL_S": str(interval_s),
             "RBEE_HIVE_ID": hive_id,
         },
     )
@@ -128,6 +135,24 @@ def test_hive_registers_and_heartbeats_once_the_queen_appears(
     assert f"file:{tiny_model}" in beat.models
     if bundled_available():  # the quick-start model is listed before its first use
         assert "gemma3-270m" in beat.models
+
+
+def test_heartbeats_further_apart_than_httpx_idle_expiry_share_one_connection(
+    processes: Processes, rbee_home: Path, tmp_path: Path
+) -> None:
+    """httpx closes connections idle for 5 s, the default interval: each beat would open
+    a new TCP connection at both ends. Beats 5.5 s apart keep the first one."""
+    queen = FakeQueen()
+    queen_port = free_port()
+    runner = run_queen(queen_port, queen)
+    next(runner)
+    try:
+        beating_hive(processes, rbee_home, tmp_path, queen_port, "hb-conn", interval_s=5.5)
+        wait_until(lambda: len(queen.of("POST")) >= 2, timeout=20, what="two heartbeats")
+    finally:
+        runner.close()
+    assert [m for m, *_ in queen.calls[:3]] == ["PUT", "POST", "POST"]
+    assert len(set(queen.client_ports[:3])) == 1, queen.client_ports
 
 
 def test_heartbeat_snapshot_carries_the_hives_live_workers(
