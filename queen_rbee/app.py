@@ -107,12 +107,12 @@ def create_app(settings: QueenSettings | None = None) -> FastAPI:
         audience=Audience.QUEEN,
         rules=RULES,
         lifespan=lifespan,
-        routers=[
-            system.router,
+        routers=[  # busiest first: inference, then heartbeats
             openai.router,
-            tasks.router,
             hives.router,
+            tasks.router,
             workers.router,
             models.router,
+            system.router,
         ],
     )

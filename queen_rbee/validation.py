@@ -8,13 +8,14 @@ forward the original bytes to the worker (no re-encoding). Failures become the s
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import pydantic
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
 from shared.errors import Forbidden, ValidationError
+from shared.hives import HIVE_ID_PATTERN
 from shared.modelref import ModelRef, parse_model_ref
 from shared.service.errors import validation_error
 
@@ -31,6 +32,20 @@ def parse_body(raw: bytes, model: type[M]) -> M:
         return model.model_validate_json(raw)
     except pydantic.ValidationError as exc:
         raise validation_error(RequestValidationError(exc.errors())) from None
+
+
+_HIVE_ID: pydantic.TypeAdapter[str] = pydantic.TypeAdapter(
+    Annotated[str, pydantic.Field(pattern=HIVE_ID_PATTERN, max_length=63)]
+)
+
+
+def hive_id_of(request: Request) -> str:
+    """The `{hive_id}` of the path, checked as FastAPI checks it on the other routes."""
+    try:
+        return _HIVE_ID.validate_python(request.path_params["hive_id"])
+    except pydantic.ValidationError as exc:
+        errors = [{**e, "loc": ("path", "hive_id")} for e in exc.errors()]
+        raise validation_error(RequestValidationError(errors)) from None
 
 
 def check_model_name(name: str, *, operator: bool) -> ModelRef:

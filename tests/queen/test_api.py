@@ -243,6 +243,9 @@ BAD_INPUT: list[tuple[str, str, Any, int, str, str | None]] = [
     ),
     ("PUT", "/v2/hives/h3", {"version": "1"}, 400, "VALIDATION_ERROR", "url"),
     ("POST", "/v2/hives/h1/heartbeat", {"workers": "none"}, 400, "VALIDATION_ERROR", "workers"),
+    ("POST", "/v2/hives/H_1/heartbeat", {"workers": []}, 400, "VALIDATION_ERROR", "hive_id"),
+    ("POST", f"/v2/hives/{'h' * 64}/heartbeat", {}, 400, "VALIDATION_ERROR", "hive_id"),
+    ("GET", "/v2/hives/h1/heartbeat", None, 405, "METHOD_NOT_ALLOWED", None),
     ("POST", "/v2/hives/ghost/heartbeat", {"workers": []}, 404, "HIVE_NOT_FOUND", None),
     ("GET", "/v2/hives/ghost", None, 404, "HIVE_NOT_FOUND", None),
     ("DELETE", "/v2/hives/ghost", None, 404, "HIVE_NOT_FOUND", None),
@@ -314,6 +317,18 @@ async def test_a_bad_deadline_header_is_400_and_a_past_one_504(queen: httpx.Asyn
 async def test_cancelling_an_unknown_task_is_204(queen: httpx.AsyncClient) -> None:
     assert (await queen.delete("/v2/tasks/job-unknown")).status_code == 204
     assert (await queen.delete("/v2/tasks/job-unknown")).status_code == 204
+
+
+async def test_requests_are_counted_by_route_template_also_on_the_plain_heartbeat_route(
+    queen: httpx.AsyncClient,
+) -> None:
+    await queen.put("/v2/hives/h1", json={"url": "http://127.0.0.1:9", "version": "1"})
+    for _ in range(3):
+        assert (await queen.post("/v2/hives/h1/heartbeat", json=heartbeat())).status_code == 200
+    text = (await queen.get("/metrics")).text
+    template = 'endpoint="/v2/hives/{hive_id}/heartbeat",method="POST",status="200"'
+    assert f"rbee_requests_total{{{template}}} 3.0" in text
+    assert "unmatched" not in text
 
 
 async def test_metrics_have_the_spec_names(queen: httpx.AsyncClient) -> None:
