@@ -15,7 +15,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
 from shared.errors import Forbidden, ValidationError
-from shared.hives import HIVE_ID_PATTERN
+from shared.hives import HIVE_ID_MAX_LENGTH, HIVE_ID_PATTERN
 from shared.modelref import ModelRef, parse_model_ref
 from shared.service.errors import validation_error
 
@@ -35,7 +35,7 @@ def parse_body(raw: bytes, model: type[M]) -> M:
 
 
 _HIVE_ID: pydantic.TypeAdapter[str] = pydantic.TypeAdapter(
-    Annotated[str, pydantic.Field(pattern=HIVE_ID_PATTERN, max_length=63)]
+    Annotated[str, pydantic.Field(pattern=HIVE_ID_PATTERN, max_length=HIVE_ID_MAX_LENGTH)]
 )
 
 

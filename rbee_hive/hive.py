@@ -24,6 +24,7 @@ from rbee_hive.resources import Resources
 from rbee_hive.settings import HiveSettings
 from shared.auth import Audience, Credentials, Role
 from shared.hives import Heartbeat
+from shared.service.runner import KEEP_ALIVE_S
 
 logger = logging.getLogger(__name__)
 
@@ -116,5 +117,6 @@ def _limits(heartbeat_interval_s: float) -> httpx.Limits:
 
     httpx drops idle connections after 5 s, the default heartbeat interval, so every beat
     paid a new TCP connection at both ends. Idle connections now live for two intervals,
-    but at most 25 s, below the 30 s after which the queen's server closes them."""
-    return httpx.Limits(keepalive_expiry=min(25.0, max(5.0, 2 * heartbeat_interval_s)))
+    but close before the queen's server closes them (racing its close fails a request)."""
+    longest = KEEP_ALIVE_S - 5.0
+    return httpx.Limits(keepalive_expiry=min(longest, max(5.0, 2 * heartbeat_interval_s)))

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.workers import WorkerInfo
 
 HIVE_ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# the pattern allows no more; the length check alone gives the clearer message
+HIVE_ID_MAX_LENGTH = 63
 
 
 class CudaDevice(BaseModel):

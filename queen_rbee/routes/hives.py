@@ -11,14 +11,21 @@ from starlette.responses import JSONResponse, Response
 from queen_rbee.deps import Queen, QueenDep
 from queen_rbee.validation import body_of, hive_id_of, parse_body
 from shared.errors import RbeeError, ValidationError
-from shared.hives import HIVE_ID_PATTERN, Heartbeat, HiveCreate, HiveInfo, HiveRegistration
+from shared.hives import (
+    HIVE_ID_MAX_LENGTH,
+    HIVE_ID_PATTERN,
+    Heartbeat,
+    HiveCreate,
+    HiveInfo,
+    HiveRegistration,
+)
 from shared.service.plain_route import PlainRoute
 
 router = APIRouter()
 
 CreateBody = Annotated[HiveCreate, Depends(body_of(HiveCreate))]
 RegistrationBody = Annotated[HiveRegistration, Depends(body_of(HiveRegistration))]
-HiveId = Annotated[str, Path(pattern=HIVE_ID_PATTERN, max_length=63)]
+HiveId = Annotated[str, Path(pattern=HIVE_ID_PATTERN, max_length=HIVE_ID_MAX_LENGTH)]
 
 
 @router.get("/v2/hives")

@@ -14,7 +14,7 @@ from queen_rbee import catalog, scheduler
 from queen_rbee.deps import OperatorDep, Queen, QueenDep
 from queen_rbee.validation import body_of, check_model_name
 from shared.errors import NoCapacity
-from shared.hives import HIVE_ID_PATTERN
+from shared.hives import HIVE_ID_MAX_LENGTH, HIVE_ID_PATTERN
 from shared.service.streaming import SSEResponse
 from shared.sse import DONE, SSEEvent, encode_data
 
@@ -24,12 +24,12 @@ router = APIRouter()
 class PullRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=512)
-    hive_id: str | None = Field(None, max_length=63)
+    hive_id: str | None = Field(None, max_length=HIVE_ID_MAX_LENGTH)
 
 
 # a catalog id: `[a-z0-9._-]` with at least one character that is not a dot
 ModelId = Annotated[str, Path(pattern=r"^[a-z0-9._-]*[a-z0-9_-][a-z0-9._-]*$", max_length=200)]
-HiveQuery = Annotated[str | None, Query(pattern=HIVE_ID_PATTERN, max_length=63)]
+HiveQuery = Annotated[str | None, Query(pattern=HIVE_ID_PATTERN, max_length=HIVE_ID_MAX_LENGTH)]
 
 
 @router.get("/v2/models")

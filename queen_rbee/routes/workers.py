@@ -12,6 +12,7 @@ from queen_rbee import scheduler
 from queen_rbee.deps import OperatorDep, QueenDep
 from queen_rbee.validation import body_of, check_model_name
 from shared.errors import NoCapacity, WorkerNotFound
+from shared.hives import HIVE_ID_MAX_LENGTH
 from shared.workers import SpawnRequest
 
 router = APIRouter()
@@ -20,7 +21,7 @@ router = APIRouter()
 class WorkerSpawn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=512)
-    hive_id: str | None = Field(None, max_length=63)
+    hive_id: str | None = Field(None, max_length=HIVE_ID_MAX_LENGTH)
     backend: str | None = Field(None, max_length=16)
     device: int | None = Field(None, ge=0)
 

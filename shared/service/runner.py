@@ -31,6 +31,10 @@ __all__ = ["main_for", "serve"]
 
 logger = logging.getLogger(__name__)
 
+# How long an idle client connection stays open: longer than a hive's heartbeat interval,
+# so each hive keeps one connection to the queen (see rbee_hive.hive).
+KEEP_ALIVE_S = 30
+
 
 class _Server(uvicorn.Server):
     """uvicorn's server with our signal handlers instead of its own."""
@@ -88,7 +92,7 @@ def serve(
         timeout_graceful_shutdown=max(1, round(drain_timeout_s)),
         loop="uvloop",
         http="httptools",
-        timeout_keep_alive=30,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = _Server(config, app)
     try:
